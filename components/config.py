@@ -1,0 +1,361 @@
+"""Every stage's configuration, as one set of pydantic models.
+
+Precedence, written down once: field defaults here -> ``params.yaml`` -> the profile
+overlay ``profiles/<profile>.yaml`` named by ``params.yaml``'s ``profile`` key ->
+``--set key=value`` on the command line. The resolved, validated config is what goes into
+checkpoints, MLflow params and run folders.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
+
+Family = Literal["gan", "cgan", "dcgan", "vae", "ddpm"]
+FAMILIES: tuple[str, ...] = ("gan", "cgan", "dcgan", "vae", "ddpm")
+PROFILE_DIR = "profiles"
+
+
+class StrictModel(BaseModel):
+    """Base for every section: unknown keys are errors, values are re-validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+# --------------------------------------------------------------------------- data
+class DataConfig(StrictModel):
+    """Where the images come from and how much of them to use.
+
+    ``source`` is ``fashion-mnist``, ``mnist``, ``synthetic``, ``s3://bucket/prefix`` or a
+    local directory holding IDX files (``*-idx3-ubyte[.gz]``) or ``train.npz``/``test.npz``.
+    """
+
+    source: str = "fashion-mnist"
+    train_subset: PositiveInt | None = Field(None, description="class-balanced subset of the train split")
+    test_subset: PositiveInt | None = Field(None, description="class-balanced subset of the test split")
+    seed: NonNegativeInt = 0
+    image_size: Literal[28, 32] = Field(28, description="28 keeps the data as is; 32 zero-pads 2 pixels a side")
+    s3_endpoint_url: str | None = Field(None, description="S3 endpoint; AWS_ENDPOINT_URL wins when set")
+    mirrors: list[str] | None = Field(None, description="override the built-in mirror list (dirs or URLs)")
+    synthetic_train_size: PositiveInt = 12_000
+    synthetic_test_size: PositiveInt = 2_000
+
+    @property
+    def name(self) -> str:
+        """Short data-set name for experiment names: ``fashion-mnist``, ``s3-mydata``, ..."""
+        if self.source.startswith("s3://"):
+            return "s3-" + self.source.rstrip("/").rsplit("/", 1)[-1]
+        if self.source in ("fashion-mnist", "mnist", "synthetic"):
+            return self.source
+        return "local-" + Path(self.source).name
+
+
+# --------------------------------------------------------------------------- ray
+class RayConfig(StrictModel):
+    """How compute stages run on Ray Train."""
+
+    address: str | None = Field(None, description="cluster to join; RAY_ADDRESS wins; null = local")
+    num_workers: PositiveInt = 2
+    use_gpu: bool = False
+    resources_per_worker: dict[str, PositiveFloat] = Field(default_factory=lambda: {"CPU": 1.0})
+    storage_path: str = Field("ray_results", description="checkpoint storage: folder or s3://...")
+    max_failures: int = Field(1, ge=-1, description="-1 = retry forever")
+    num_to_keep: PositiveInt = 2
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+
+
+# --------------------------------------------------------------------------- mlflow
+class MlflowConfig(StrictModel):
+    """Where runs are tracked. MLFLOW_TRACKING_URI wins over ``tracking_uri``."""
+
+    tracking_uri: str | None = Field(None, description="null = sqlite store mlflow.db in the project")
+    experiment_prefix: str = Field("genmodels", min_length=1)
+    log_system_metrics: bool = True
+
+
+# --------------------------------------------------------------------------- training
+class TrainBase(StrictModel):
+    """Fields every family's training section shares: the loop, the optimiser, the fast path."""
+
+    epochs: PositiveInt = 5
+    batch_size: PositiveInt = 128
+    lr: PositiveFloat = 2e-4
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.5, 0.999)
+    weight_decay: NonNegativeFloat = 0.0
+    grad_clip: PositiveFloat | None = None
+    seed: NonNegativeInt = 0
+    log_every: PositiveInt = Field(50, description="steps between loss logs (and NaN checks)")
+    image_every: PositiveInt = Field(1, description="epochs between logged sample grids")
+    checkpoint_every: PositiveInt = Field(1, description="epochs between checkpoints")
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = False
+    compile: Literal["off", "default", "reduce-overhead"] = "off"
+
+
+class GANConfig(TrainBase):
+    """MLP GAN (Goodfellow et al. 2014) with the non-saturating generator loss."""
+
+    family: Literal["gan"] = "gan"
+    latent_dim: PositiveInt = 64
+    hidden_dim: PositiveInt = 256
+
+
+class CGANConfig(TrainBase):
+    """Label-conditioned MLP GAN (Mirza & Osindero 2014)."""
+
+    family: Literal["cgan"] = "cgan"
+    latent_dim: PositiveInt = 64
+    hidden_dim: PositiveInt = 256
+    label_embed_dim: PositiveInt = 16
+
+
+class DCGANConfig(TrainBase):
+    """Convolutional GAN (Radford et al. 2015)."""
+
+    family: Literal["dcgan"] = "dcgan"
+    latent_dim: PositiveInt = 64
+    g_channels: PositiveInt = 64
+    d_channels: PositiveInt = 64
+
+
+class VAEConfig(TrainBase):
+    """Variational autoencoder (Kingma & Welling 2013)."""
+
+    family: Literal["vae"] = "vae"
+    lr: PositiveFloat = 1e-3
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+    architecture: Literal["mlp", "conv"] = "conv"
+    latent_dim: PositiveInt = 16
+    hidden_dim: PositiveInt = 64
+    kl_weight: PositiveFloat = 1.0
+
+
+class DDPMConfig(TrainBase):
+    """Denoising diffusion (Ho et al. 2020) with a small UNet, EMA and a DDIM sampler."""
+
+    family: Literal["ddpm"] = "ddpm"
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+    base_channels: PositiveInt = 32
+    channel_mults: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 2])
+    num_res_blocks: PositiveInt = 1
+    attention: bool = True
+    timesteps: PositiveInt = 1000
+    schedule: Literal["linear", "cosine"] = "cosine"
+    beta_start: PositiveFloat = 1e-4
+    beta_end: PositiveFloat = 0.02
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    conditional: bool = False
+    cond_drop_prob: float = Field(0.1, ge=0, lt=1)
+    guidance_scale: NonNegativeFloat = 2.0
+    sampler: Literal["ancestral", "ddim"] = "ddim"
+    sample_steps: PositiveInt = 50
+    ddim_eta: NonNegativeFloat = 0.0
+
+    @model_validator(mode="after")
+    def _check_schedule(self) -> DDPMConfig:
+        if self.sample_steps > self.timesteps:
+            raise ValueError(f"sample_steps ({self.sample_steps}) must not exceed timesteps ({self.timesteps})")
+        if self.schedule == "linear" and not self.beta_start < self.beta_end < 1:
+            raise ValueError("linear schedule needs 0 < beta_start < beta_end < 1")
+        if len(self.channel_mults) > 3:
+            raise ValueError("channel_mults: at most 3 levels for 28x28/32x32 images")
+        return self
+
+
+ModelConfig = Annotated[
+    GANConfig | CGANConfig | DCGANConfig | VAEConfig | DDPMConfig,
+    Field(discriminator="family"),
+]
+
+
+# --------------------------------------------------------------------------- sample / evaluate
+class SampleConfig(StrictModel):
+    """How many images each model generates for evaluation, and from which seed."""
+
+    num_samples: PositiveInt = 10_000
+    batch_size: PositiveInt = 500
+    seed: NonNegativeInt = 1234
+    grid_size: PositiveInt = Field(10, description="the grid is grid_size x grid_size images")
+
+
+class EvaluatorConfig(TrainBase):
+    """The in-domain CNN classifier whose embedding is the metrics' feature space.
+
+    Trained by the same loop as the generative models, so it shares their training fields.
+    """
+
+    family: Literal["classifier"] = "classifier"
+    epochs: PositiveInt = 3
+    lr: PositiveFloat = 1e-3
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+    width: PositiveInt = 32
+    feature_dim: PositiveInt = 128
+    min_test_accuracy: float = Field(0.0, ge=0, le=1, description="fail the stage below this")
+
+
+class EvaluateConfig(StrictModel):
+    """Metric settings shared by every model."""
+
+    num_samples: PositiveInt = 10_000
+    fid_subsets: PositiveInt = Field(5, description="repeated subsets for the FID spread")
+    kid_subset_size: PositiveInt = 1000
+    nearest_k: PositiveInt = 3
+    batch_size: PositiveInt = 500
+    seed: NonNegativeInt = 7
+
+
+# --------------------------------------------------------------------------- root
+class PipelineConfig(StrictModel):
+    """The whole ``params.yaml``."""
+
+    profile: Literal["default", "smoke", "gpu"] = "default"
+    data: DataConfig = Field(default_factory=DataConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    models: list[str] = Field(min_length=1, description="names of the models the pipeline trains")
+    train: dict[str, ModelConfig]
+    sample: SampleConfig = Field(default_factory=SampleConfig)
+    evaluator: EvaluatorConfig = Field(default_factory=EvaluatorConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> PipelineConfig:
+        missing = [m for m in self.models if m not in self.train]
+        if missing:
+            raise ValueError(f"models lists {missing} but train has no section for them")
+        if len(set(self.models)) != len(self.models):
+            raise ValueError("models: names must be unique")
+        if self.evaluate.num_samples > self.sample.num_samples:
+            raise ValueError(
+                f"evaluate.num_samples ({self.evaluate.num_samples}) exceeds "
+                f"sample.num_samples ({self.sample.num_samples})"
+            )
+        if self.evaluate.kid_subset_size > self.evaluate.num_samples:
+            raise ValueError("evaluate.kid_subset_size must not exceed evaluate.num_samples")
+        for name, cfg in self.train.items():
+            if cfg.precision == "bf16" and not self.ray.use_gpu:
+                raise ValueError(f"train.{name}.precision: bf16 needs ray.use_gpu (it is slow on CPU)")
+        return self
+
+    @property
+    def experiment_name(self) -> str:
+        """One MLflow experiment per profile and data set."""
+        return f"{self.mlflow.experiment_prefix}-{self.profile}-{self.data.name}"
+
+
+# --------------------------------------------------------------------------- loading
+class ConfigError(Exception):
+    """A params file that is missing, unreadable or invalid; ``problems`` lists every issue."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__(f"invalid configuration {source}:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Return ``base`` with ``override`` merged in; nested dicts merge, everything else replaces."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` strings (value parsed as YAML) to a raw params dict."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError("--set", [f"{item!r}: expected key=value, e.g. train.gan.epochs=3"])
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError("--set", [f"{key}: {part} is not a section"])
+        node[leaf] = yaml.safe_load(value)
+    return raw
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    # The discriminated union adds the family tag to the path (train.dcgan.dcgan.lr): drop it.
+    parts = list(loc)
+    if len(parts) > 2 and parts[0] == "train" and parts[2] in FAMILIES:
+        del parts[2]
+    return ".".join(str(p) for p in parts) or "(root)"
+
+
+def format_errors(error: ValidationError) -> list[str]:
+    """One ``dotted.path: message`` line per problem."""
+    return [f"{_format_loc(e['loc'])}: {e['msg']}" for e in error.errors()]
+
+
+def read_raw_params(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Read ``params.yaml``, merge its profile overlay and the command-line overrides."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["file not found"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(str(path), ["top level must be a mapping"])
+    overrides = overrides or []
+    # The profile may itself come from --set, so look at it with the overrides applied.
+    profile = apply_overrides(raw, overrides).get("profile", "default")
+    if profile != "default" and isinstance(profile, str):
+        overlay_path = path.parent / PROFILE_DIR / f"{profile}.yaml"
+        if not overlay_path.exists():
+            raise ConfigError(str(path), [f"profile: no overlay file {overlay_path}"])
+        overlay = yaml.safe_load(overlay_path.read_text()) or {}
+        raw = deep_merge(raw, overlay)
+    return apply_overrides(raw, overrides)
+
+
+def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> PipelineConfig:
+    """Load and validate the pipeline configuration; raise ConfigError listing every problem."""
+    raw = read_raw_params(path, overrides)
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(str(path), format_errors(exc)) from None
+
+
+def model_config_from_dict(data: dict[str, Any]) -> TrainBase:
+    """Rebuild one trainable model's config (e.g. from a checkpoint), the evaluator's included."""
+    from pydantic import TypeAdapter
+
+    if data.get("family") == "classifier":
+        return EvaluatorConfig.model_validate(data)
+    return TypeAdapter(ModelConfig).validate_python(data)
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}} -> {"a.b": 1}``, for MLflow params."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, full + "."))
+        else:
+            flat[full] = value
+    return flat

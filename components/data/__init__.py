@@ -1,0 +1,1 @@
+"""Data: fetching raw sources into ``data/prepared/`` and loading it for training."""

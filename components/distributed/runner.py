@@ -1,0 +1,134 @@
+"""Run a worker body (``jobs.py``) as a Ray Train ``TorchTrainer`` job, or in-process with ``plain``.
+
+Connection: ``RAY_ADDRESS`` (or ``ray.address``) names a cluster to join, with the
+``components`` package shipped to the workers; otherwise a running local cluster
+(``ray start --head``) is joined, and only if there is none a local instance is started.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from components.config import RayConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# Environment variables that describe where things are (never credentials): forwarded to workers.
+FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION",
+                 "GENMODELS_FAULT_AT_STEP", "GENMODELS_FAULT_MARKER", "OMP_NUM_THREADS")
+
+
+def connect(cfg: RayConfig) -> float:
+    """Initialise Ray once per process; returns the seconds it took."""
+    import ray
+
+    if ray.is_initialized():
+        return 0.0
+    start = time.perf_counter()
+    runtime_env = {
+        "py_modules": [str(PROJECT_ROOT / "components")],
+        "env_vars": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
+    }
+    address = os.environ.get("RAY_ADDRESS") or cfg.address
+    common = {"runtime_env": runtime_env, "log_to_driver": True, "logging_level": "warning"}
+    if address:
+        ray.init(address=address, **common)
+    else:
+        try:
+            ray.init(address="auto", **common)
+        except ConnectionError:
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **common)
+    return time.perf_counter() - start
+
+
+def run_name(prefix: str, payload: dict[str, Any]) -> str:
+    """A Ray run name that changes whenever the job's config does, so resume never mixes configs."""
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{prefix}-{digest}"
+
+
+def storage_root(storage_path: str) -> str:
+    if "://" in storage_path:
+        return storage_path
+    return str(Path(storage_path).resolve())  # relative to the stage's folder (DVC runs stages in the repo root)
+
+
+def _ray_entry(job: dict[str, Any], *, body: Callable[[dict[str, Any], Any], Any]) -> None:
+    from components.distributed.session import RaySession
+
+    body(job, RaySession())
+
+
+def run_job(body: Callable[[dict[str, Any], Any], Any], job: dict[str, Any], *, cfg: RayConfig, name: str,
+            plain: bool = False, keep_run: bool = False) -> Path:
+    """Run ``body(job, session)`` and return a local folder holding its final checkpoint.
+
+    Args:
+        body: a worker body from ``jobs.py``.
+        job: its inputs (arrays included).
+        cfg: Ray settings (workers, GPUs, storage, failures).
+        name: the run name; re-running an interrupted job with the same name resumes it.
+        plain: run in this process without Ray (debugging; same code path otherwise).
+        keep_run: keep the run's checkpoints in storage after success (default: delete them, so
+            a later run with the same name starts from scratch instead of resuming a finished run).
+
+    Returns:
+        A temporary folder (caller removes it) with the last reported checkpoint's files.
+    """
+    storage = storage_root(cfg.storage_path)
+    out = Path(tempfile.mkdtemp(prefix=f"{name}-result-"))
+    if plain:
+        from components.distributed.session import LocalSession
+
+        root = Path(storage) / name if "://" not in storage else Path(tempfile.mkdtemp(prefix=name))
+        session = LocalSession(root)
+        body(job, session)
+        with session.latest_checkpoint() as folder:
+            shutil.copytree(folder, out, dirs_exist_ok=True)
+        if not keep_run:
+            shutil.rmtree(root, ignore_errors=True)
+        return out
+
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    connect(cfg)
+    trainer = TorchTrainer(
+        functools.partial(_ray_entry, body=body),
+        train_loop_config=job,
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker=dict(cfg.resources_per_worker),
+                                     placement_strategy=cfg.placement_strategy),
+        run_config=RunConfig(name=name, storage_path=storage,
+                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_to_keep)),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"Ray job {name} finished without a checkpoint")
+    result.checkpoint.to_directory(str(out))
+    if not keep_run:
+        delete_run(storage, name)
+    return out
+
+
+def delete_run(storage: str, name: str) -> None:
+    """Remove a finished run's folder from local or remote (``s3://``) storage."""
+    if "://" not in storage:
+        shutil.rmtree(Path(storage) / name, ignore_errors=True)
+        return
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(storage.rstrip("/") + "/" + name)
+    try:
+        fs.delete_dir(path)
+    except OSError:
+        pass

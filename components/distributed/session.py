@@ -1,0 +1,80 @@
+"""Where a worker function runs: in this process (``LocalSession``) or as a Ray Train worker
+(``RaySession``). The worker bodies in ``jobs.py`` talk only to this small interface, so the
+same code runs with and without Ray; only ``RaySession`` imports Ray.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class LocalSession:
+    """One process, no Ray: checkpoints go to ``checkpoint_root/<n>/``, the newest is resumed."""
+
+    rank = 0
+    world_size = 1
+
+    def __init__(self, checkpoint_root: str | Path | None = None, device: str | torch.device | None = None):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.root = Path(checkpoint_root) if checkpoint_root else Path(tempfile.mkdtemp(prefix="local-session-"))
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.reports: list[dict[str, Any]] = []
+
+    def _checkpoints(self) -> list[Path]:
+        return sorted((p for p in self.root.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+
+    @contextlib.contextmanager
+    def latest_checkpoint(self) -> Iterator[Path | None]:
+        found = self._checkpoints()
+        yield found[-1] if found else None
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
+        self.reports.append(dict(metrics))
+        if checkpoint_dir is not None:
+            number = len(self._checkpoints())
+            shutil.copytree(checkpoint_dir, self.root / f"{number:06d}")
+
+    def prepare(self, module: nn.Module) -> nn.Module:
+        return module
+
+
+class RaySession:
+    """Inside a ``TorchTrainer`` worker: DDP through ``prepare_model``, checkpoints through ``report``."""
+
+    def __init__(self) -> None:
+        import ray.train
+        import ray.train.torch
+
+        self._train = ray.train
+        ctx = ray.train.get_context()
+        self.rank = ctx.get_world_rank()
+        self.world_size = ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    @contextlib.contextmanager
+    def latest_checkpoint(self) -> Iterator[Path | None]:
+        checkpoint = self._train.get_checkpoint()
+        if checkpoint is None:
+            yield None
+            return
+        with checkpoint.as_directory() as folder:
+            yield Path(folder)
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
+        checkpoint = self._train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        self._train.report(metrics, checkpoint=checkpoint)
+
+    def prepare(self, module: nn.Module) -> nn.Module:
+        import ray.train.torch
+
+        if self.world_size == 1:
+            return module  # DDP over one process only adds overhead
+        return ray.train.torch.prepare_model(module, move_to_device=False)

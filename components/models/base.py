@@ -1,0 +1,198 @@
+"""The one interface every trainable model offers, whatever its family.
+
+A model is a plain object holding its networks, optimisers and random generator, not an
+``nn.Module``: ``state_dict()`` here means the whole *training* state (networks,
+optimisers, EMA, step, RNG), which is what exact resume needs.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a model needs to know about its data: image shape and number of classes."""
+
+    channels: int = 1
+    height: int = 28
+    width: int = 28
+    num_classes: int = 10
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.height, self.width)
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The bare network under DDP and/or ``torch.compile`` wrappers."""
+    while True:
+        if hasattr(module, "module") and isinstance(module.module, nn.Module):  # DDP
+            module = module.module
+        elif hasattr(module, "_orig_mod"):  # torch.compile
+            module = module._orig_mod
+        else:
+            return module
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """Map model output in [-1, 1] to uint8 pixels in [0, 255]. ``(B, C, H, W)`` in and out."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def rank_seed(seed: int, rank: int, epoch: int) -> int:
+    """A distinct, reproducible seed per (run seed, worker rank, epoch)."""
+    return (seed * 1_000_003 + rank * 10_007 + epoch * 101 + 17) % (2**63 - 1)
+
+
+class TrainableModel(abc.ABC):
+    """Networks + optimisers + one optimisation step.
+
+    Subclasses create their networks as attributes named in ``network_names`` and their
+    optimisers in ``self.optimizers`` inside ``__init__``. Randomness inside ``train_step``
+    (noise, timesteps, label dropout) must come from ``self.rng`` so that training is
+    reproducible and resumable.
+
+    Args:
+        config: the family's validated config section.
+        spec: data shape and class count.
+        device: where networks, optimisers and the generator live.
+    """
+
+    family: ClassVar[str]
+    network_names: ClassVar[tuple[str, ...]]
+    #: networks that are not trained by gradient (EMA copies); saved, never DDP-wrapped.
+    shadow_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: Any, spec: DataSpec, device: torch.device | str = "cpu"):
+        self.config = config
+        self.spec = spec
+        self.device = torch.device(device)
+        self.step = 0
+        # NOTE: the step RNG is ``self.rng`` (not ``self.generator``: GANs have a network of that name).
+        self.rng = torch.Generator(device=self.device)
+        self.rng.manual_seed(config.seed)
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.autocast_dtype: torch.dtype | None = None
+
+    # ---- the step -------------------------------------------------------------------
+    @abc.abstractmethod
+    def train_step(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        """One optimisation step of every network.
+
+        Args:
+            images: ``(B, C, H, W)`` float in [-1, 1], on ``self.device``.
+            labels: ``(B,)`` int64 class labels.
+
+        Returns:
+            Named losses as detached 0-dim tensors (no host sync; call ``float()`` when logging).
+        """
+
+    # ---- shared plumbing ------------------------------------------------------------
+    def net(self, name: str) -> nn.Module:
+        """The bare network ``name``: use it for sampling, so no DDP collective runs on one rank alone."""
+        return unwrap(getattr(self, name))
+
+    def networks(self) -> dict[str, nn.Module]:
+        """Bare (unwrapped) networks by name, shadows included."""
+        return {n: unwrap(getattr(self, n)) for n in (*self.network_names, *self.shadow_names)}
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for n in self.network_names for p in unwrap(getattr(self, n)).parameters())
+
+    def wrap_networks(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        """Replace each trained network by ``wrap(network)`` (DDP, torch.compile)."""
+        for name in self.network_names:
+            setattr(self, name, wrap(getattr(self, name)))
+
+    def train(self, mode: bool = True) -> TrainableModel:
+        for name in self.network_names:
+            getattr(self, name).train(mode)
+        return self
+
+    def eval(self) -> TrainableModel:
+        return self.train(False)
+
+    def reseed(self, seed: int, rank: int, epoch: int) -> None:
+        """Re-seed the step generator; called at every epoch start so resume is exact."""
+        self.rng.manual_seed(rank_seed(seed, rank, epoch))
+
+    def autocast(self) -> Any:
+        """Autocast context for forward passes (a no-op unless bf16 was enabled)."""
+        if self.autocast_dtype is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def clip(self, network: nn.Module) -> None:
+        """Clip gradient norm when the config asks for it."""
+        if self.config.grad_clip is not None:
+            nn.utils.clip_grad_norm_(network.parameters(), self.config.grad_clip)
+
+    def make_adam(self, *networks: nn.Module) -> torch.optim.Optimizer:
+        """Adam with the config's lr/betas; fused on CUDA (one kernel per step)."""
+        params = [p for net in networks for p in net.parameters()]
+        cfg = self.config
+        fused = self.device.type == "cuda"
+        if cfg.weight_decay:
+            return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=fused)
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, fused=fused)
+
+    def extra_state(self) -> dict[str, Any]:
+        """Family-specific state to checkpoint besides networks and optimisers."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        del state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Whole training state; tensors and plain data only (``weights_only`` loadable)."""
+        return {
+            "networks": {n: m.state_dict() for n, m in self.networks().items()},
+            "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+            "step": self.step,
+            "rng": self.rng.get_state(),
+            "extra": self.extra_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, module in self.networks().items():
+            module.load_state_dict(state["networks"][name])
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        self.step = int(state["step"])
+        self.rng.set_state(state["rng"].cpu())
+        self.load_extra_state(state.get("extra", {}))
+
+
+class GenerativeModel(TrainableModel):
+    """A trainable model that can also draw new images."""
+
+    kind: ClassVar[Literal["gan", "vae", "diffusion"]]
+    conditional: ClassVar[bool] = False
+
+    @property
+    def is_conditional(self) -> bool:
+        """Whether ``sample`` honours labels (DDPM decides per config)."""
+        return self.conditional
+
+    @abc.abstractmethod
+    def sample(self, n: int, labels: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """Draw ``n`` images.
+
+        Args:
+            n: number of images.
+            labels: ``(n,)`` int64 requested classes (conditional families; ignored otherwise).
+            generator: source of randomness; ``self.rng`` is used (and advanced) when None.
+
+        Returns:
+            ``(n, C, H, W)`` uint8 images on ``self.device``.
+        """

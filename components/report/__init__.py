@@ -1,0 +1,1 @@
+"""Turning results into things people look at: loss curves, sample grids, the HTML report."""

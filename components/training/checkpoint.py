@@ -1,0 +1,64 @@
+"""Checkpoints: tensors and plain data only, loadable with ``torch.load(weights_only=True)``.
+
+A checkpoint carries its model's validated config and data spec, so the model can be
+rebuilt from the file alone (as nanoGPT stores ``model_args``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from components.config import model_config_from_dict
+from components.io import atomic_path
+from components.models.base import DataSpec, TrainableModel
+
+CHECKPOINT_FILE = "checkpoint.pt"
+FORMAT_VERSION = 1
+
+
+def checkpoint_payload(model: TrainableModel, *, name: str, epoch: int, extra: dict[str, Any] | None = None) -> dict:
+    """Everything needed to resume or rebuild ``model`` after ``epoch`` completed epochs."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "family": model.family,
+        "config": model.config.model_dump(mode="json"),
+        "data_spec": model.spec.to_dict(),
+        "epoch": epoch,
+        "state": model.state_dict(),
+        "extra": extra or {},
+    }
+
+
+def save_checkpoint(path: str | Path, payload: dict) -> Path:
+    """Write ``payload`` to ``path`` atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint safely (``weights_only``: no code runs)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no checkpoint; run the train stage first")
+    payload = torch.load(path, map_location=map_location, weights_only=True)
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: checkpoint format {payload.get('format_version')} != {FORMAT_VERSION}")
+    return payload
+
+
+def model_from_checkpoint(payload_or_path: dict | str | Path, device: str | torch.device = "cpu") -> TrainableModel:
+    """Rebuild a model (networks, optimisers, EMA, step) from a checkpoint alone."""
+    from components.models import build_model
+
+    payload = payload_or_path if isinstance(payload_or_path, dict) else load_checkpoint(payload_or_path, device)
+    model = build_model(model_config_from_dict(payload["config"]), DataSpec(**payload["data_spec"]), device)
+    model.load_state_dict(payload["state"])
+    return model

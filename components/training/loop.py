@@ -1,0 +1,142 @@
+"""``fit``: run any model for some epochs over a TensorLoader. Plain PyTorch.
+
+Ray and MLflow plug in through callbacks; the loop itself knows neither. Host-device
+synchronisation happens only every ``log_every`` steps and at epoch ends, which is also
+where the NaN/inf guard looks: a non-finite loss stops training *before* the epoch's
+checkpoint callback runs, so the last good checkpoint is kept.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from components.data.loader import TensorLoader
+from components.models.base import TrainableModel
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN or inf."""
+
+
+@dataclass
+class EpochStats:
+    """What one epoch did. ``losses`` are means over the epoch's steps."""
+
+    epoch: int  # 0-based index of the epoch just finished
+    steps: int
+    images: int
+    seconds: float
+    losses: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+
+class Callback:
+    """Hooks into ``fit``. Override what you need."""
+
+    def on_train_start(self, model: TrainableModel, start_epoch: int) -> None: ...
+
+    def on_log(self, model: TrainableModel, step: int, losses: dict[str, float]) -> None:
+        """Every ``log_every`` steps, with the window's mean losses as floats."""
+
+    def on_epoch_end(self, model: TrainableModel, stats: EpochStats) -> None: ...
+
+    def on_train_end(self, model: TrainableModel) -> None: ...
+
+
+def configure_runtime(model: TrainableModel, precision: str = "fp32", channels_last: bool = False,
+                      compile_mode: str = "off") -> None:
+    """Apply the fast-path options to a model before training.
+
+    Args:
+        precision: ``bf16`` enables autocast in the model's forward passes.
+        channels_last: NHWC memory format for the conv networks.
+        compile_mode: ``off``, ``default`` or ``reduce-overhead`` (CUDA graphs); compile
+            errors fall back to eager (dynamo's ``suppress_errors``).
+    """
+    if precision == "bf16":
+        model.autocast_dtype = torch.bfloat16
+    if channels_last:
+        for net in model.networks().values():
+            net.to(memory_format=torch.channels_last)
+    if compile_mode != "off":
+        import torch._dynamo
+
+        torch._dynamo.config.suppress_errors = True
+        mode = None if compile_mode == "default" else compile_mode
+        model.wrap_networks(lambda net: torch.compile(net, mode=mode))
+
+
+def _check_finite(values: dict[str, float], step: int) -> None:
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    if bad:
+        raise NonFiniteLossError(f"non-finite loss at step {step}: {bad}; lower the lr or enable grad_clip "
+                                 "(the last good checkpoint is kept)")
+
+
+def fit(
+    model: TrainableModel,
+    loader: TensorLoader,
+    *,
+    epochs: int,
+    seed: int,
+    start_epoch: int = 0,
+    rank: int = 0,
+    log_every: int = 50,
+    channels_last: bool = False,
+    callbacks: Sequence[Callback] = (),
+) -> list[EpochStats]:
+    """Train ``model`` from ``start_epoch`` up to ``epochs``.
+
+    Each epoch reshuffles the loader by epoch and re-seeds the model's RNG from
+    ``(seed, rank, epoch)``, so resuming at an epoch boundary reproduces an uninterrupted run.
+
+    Returns:
+        One EpochStats per epoch run.
+    """
+    for cb in callbacks:
+        cb.on_train_start(model, start_epoch)
+    history = []
+    for epoch in range(start_epoch, epochs):
+        loader.set_epoch(epoch)
+        model.reseed(seed, rank, epoch)
+        model.train()
+        epoch_sums: dict[str, Tensor] = {}
+        window_sums: dict[str, Tensor] = {}
+        window_steps, steps = 0, 0
+        start = time.perf_counter()
+        for images, labels in loader:
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            losses = model.train_step(images, labels)
+            for key, value in losses.items():  # device-side sums: no sync
+                epoch_sums[key] = epoch_sums.get(key, 0) + value.detach().float()
+                window_sums[key] = window_sums.get(key, 0) + value.detach().float()
+            steps += 1
+            window_steps += 1
+            if model.step % log_every == 0:
+                means = {k: float(v) / window_steps for k, v in window_sums.items()}
+                _check_finite(means, model.step)
+                for cb in callbacks:
+                    cb.on_log(model, model.step, means)
+                window_sums, window_steps = {}, 0
+        if model.device.type == "cuda":
+            torch.cuda.synchronize(model.device)
+        seconds = time.perf_counter() - start
+        means = {k: float(v) / max(steps, 1) for k, v in epoch_sums.items()}
+        _check_finite(means, model.step)
+        stats = EpochStats(epoch=epoch, steps=steps, images=steps * loader.batch_size, seconds=seconds, losses=means)
+        history.append(stats)
+        for cb in callbacks:
+            cb.on_epoch_end(model, stats)
+    for cb in callbacks:
+        cb.on_train_end(model)
+    return history

@@ -1,0 +1,1 @@
+"""Thin stage entry points: ``python -m pipelines.<stage>``."""

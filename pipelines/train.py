@@ -1,0 +1,93 @@
+"""``python -m pipelines.train --model NAME``: train one model as a Ray Train job (or ``--plain``).
+
+Writes ``models/NAME/`` (checkpoint.pt, config.json, history.json, mlflow_run.json, loss.png)
+and ``plots/train/NAME.csv``. Re-running after an interruption resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from components import tracking
+from components.data.dataset import DataError, data_checksum, load_meta, load_split, spec_from_meta
+from components.distributed.jobs import HISTORY_FILE, train_job
+from components.distributed.runner import run_job, run_name
+from components.io import atomic_dir, atomic_path, write_json
+from components.report.curves import history_to_csv, plot_losses
+from components.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, model_from_checkpoint
+from pipelines.common import load_or_exit, parser, run_main
+
+
+def main() -> None:
+    p = parser(__doc__, model=True)
+    p.add_argument("--data", default="data/prepared")
+    p.add_argument("--out", default=None, help="default: models/NAME")
+    args = p.parse_args()
+    cfg = load_or_exit(args)
+    name, mcfg = args.model, cfg.train[args.model]
+    out = Path(args.out or f"models/{name}")
+
+    meta, train = load_meta(args.data), load_split(args.data, "train")
+    spec = spec_from_meta(meta)
+    if spec.height != cfg.data.image_size:
+        raise DataError(f"data is {spec.height}px but data.image_size is {cfg.data.image_size}: re-run fetch")
+    uri = tracking.resolve_tracking_uri(cfg.mlflow)
+    tracking.check_reachable(uri)  # before any work: no hour of training lost to a logging failure
+
+    job_key = {"name": name, "config": mcfg.model_dump(mode="json"), "data": data_checksum(args.data),
+               "workers": cfg.ray.num_workers}
+    ray_name = run_name(f"train-{name}", job_key)
+    run_id = _run_id(cfg, name, mcfg, meta, uri, args.data, ray_name)
+    job = {**job_key, "spec": spec.to_dict(), "images": train.images, "labels": train.labels,
+           "tracking": {"uri": uri, "run_id": run_id, "system_metrics": cfg.mlflow.log_system_metrics},
+           "grid_seed": cfg.sample.seed}
+    result = run_job(train_job, job, cfg=cfg.ray, name=ray_name, plain=args.plain)
+    try:
+        with atomic_dir(out) as tmp:
+            shutil.copy(result / CHECKPOINT_FILE, tmp / CHECKPOINT_FILE)
+            history = json.loads((result / HISTORY_FILE).read_text())
+            write_json(tmp / HISTORY_FILE, history)
+            write_json(tmp / "config.json", {"name": name, "model": mcfg.model_dump(mode="json"),
+                                             "data_spec": spec.to_dict(), "data_checksum": job_key["data"]})
+            write_json(tmp / tracking.RUN_FILE, {"run_id": run_id, "experiment": cfg.experiment_name,
+                                                 "tracking_uri": uri})
+            plot_losses(history, tmp / "loss.png", title=name)
+            model = model_from_checkpoint(load_checkpoint(tmp / CHECKPOINT_FILE))
+            tracking.log_final_model(uri, run_id, model.networks(), tmp / CHECKPOINT_FILE, [tmp / "loss.png"])
+        with atomic_path(Path("plots/train") / f"{name}.csv") as csv:
+            csv.write_text(history_to_csv(history))
+    finally:
+        shutil.rmtree(result, ignore_errors=True)
+    _run_marker(cfg, ray_name).unlink(missing_ok=True)  # finished: a later run starts a fresh MLflow run
+    print(f"train {name}: {model.num_parameters():,} parameters, step {model.step}, run {run_id} -> {out}")
+
+
+def _run_id(cfg, name, mcfg, meta, uri, data_dir, ray_name) -> str:
+    """Create the model's MLflow run, or re-attach to the one an interrupted attempt created."""
+    from components.config import flatten
+
+    marker = _run_marker(cfg, ray_name)
+    previous = marker.read_text().strip() if marker.exists() else None
+    tags = tracking.run_tags(family=mcfg.family, model_name=name, seed=mcfg.seed,
+                             data_checksum=data_checksum(data_dir), workers=cfg.ray.num_workers,
+                             profile=cfg.profile, stage=f"train@{name}")
+    params = flatten({"model": mcfg.model_dump(mode="json"), "data": cfg.data.model_dump(mode="json"),
+                      "ray": cfg.ray.model_dump(mode="json")})
+    run_id = tracking.start_run(uri, cfg.experiment_name, name, tags, params, run_id=previous)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(run_id)
+    return run_id
+
+
+def _run_marker(cfg, ray_name: str) -> Path:
+    """Local file remembering the MLflow run of an unfinished Ray run (beside local checkpoints)."""
+    from components.distributed.runner import storage_root
+
+    root = storage_root(cfg.ray.storage_path)
+    return (Path(root) if "://" not in root else Path("ray_results")) / ".mlflow_runs" / ray_name
+
+
+if __name__ == "__main__":
+    run_main(main, DataError, tracking.TrackingError, FileNotFoundError)
