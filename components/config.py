@@ -9,6 +9,7 @@ checkpoints, MLflow params and run folders.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -187,6 +188,7 @@ class SampleConfig(StrictModel):
     """How many images each model generates for evaluation, and from which seed."""
 
     num_samples: PositiveInt = 10_000
+    ceiling_samples: PositiveInt = Field(2_000, description="images from the untrained model (the ceiling row)")
     batch_size: PositiveInt = 500
     seed: NonNegativeInt = 1234
     grid_size: PositiveInt = Field(10, description="the grid is grid_size x grid_size images")
@@ -226,19 +228,19 @@ class PipelineConfig(StrictModel):
     data: DataConfig = Field(default_factory=DataConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
-    models: list[str] = Field(min_length=1, description="names of the models the pipeline trains")
-    train: dict[str, ModelConfig]
+    train: dict[str, ModelConfig] = Field(
+        min_length=1, description="one section per model; the keys are the model names DVC's foreach runs"
+    )
     sample: SampleConfig = Field(default_factory=SampleConfig)
     evaluator: EvaluatorConfig = Field(default_factory=EvaluatorConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> PipelineConfig:
-        missing = [m for m in self.models if m not in self.train]
-        if missing:
-            raise ValueError(f"models lists {missing} but train has no section for them")
-        if len(set(self.models)) != len(self.models):
-            raise ValueError("models: names must be unique")
+        for name in self.train:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name) or name == "evaluator":
+                raise ValueError(f"train.{name}: model names are lowercase letters, digits, '_' and '-' "
+                                 "(and not 'evaluator'): they become folder names")
         if self.evaluate.num_samples > self.sample.num_samples:
             raise ValueError(
                 f"evaluate.num_samples ({self.evaluate.num_samples}) exceeds "

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
-    print(f"{args.params}: ok (profile {cfg.profile}, models {', '.join(cfg.models)})")
+    print(f"{args.params}: ok (profile {cfg.profile}, models {', '.join(cfg.train)})")
     return 0
 
 

@@ -19,7 +19,7 @@ import torch
 from components.config import model_config_from_dict
 from components.data.loader import TensorLoader
 from components.models import build_model
-from components.models.base import DataSpec, GenerativeModel, TrainableModel
+from components.models.base import DataSpec, GenerativeModel, TrainableModel, unwrap
 from components.training.checkpoint import CHECKPOINT_FILE, checkpoint_payload, load_checkpoint, save_checkpoint
 from components.training.loop import Callback, EpochStats, configure_runtime, fit
 
@@ -208,26 +208,29 @@ def _model_from_bytes(blob: bytes, device: torch.device) -> TrainableModel:
 
 
 def sample_job(job: dict[str, Any], session: Any) -> None:
-    """Generate ``num_samples`` images in fixed chunks; chunk ``j`` goes to worker ``j % world_size``.
+    """Generate named image sets (``job["sets"]``: name -> checkpoint bytes and count) in fixed chunks.
 
-    Labels are spread evenly over the classes (``i % K``) for every model, so conditional
-    models are asked for each class equally and the others carry the same bookkeeping.
+    Chunk ``j`` of a set goes to worker ``j % world_size`` and draws from ``chunk_seed(seed, j)``,
+    so the output does not depend on the worker count. Labels are spread evenly over the
+    classes (``i % K``): conditional models are asked for each class equally.
     """
-    model = _model_from_bytes(job["checkpoint"], session.device)
-    assert isinstance(model, GenerativeModel)
-    model.eval()
-    num_classes = model.spec.num_classes
-    chunks = chunk_ranges(job["num_samples"], job["batch_size"])
-    mine = [(j, r) for j, r in enumerate(chunks) if j % session.world_size == session.rank]
     from tqdm.auto import tqdm
 
     with tempfile.TemporaryDirectory() as folder:
-        for j, (start, stop) in tqdm(mine, desc=f"sample {job['name']}", disable=session.rank != 0):
-            labels = torch.arange(start, stop, device=session.device) % num_classes
-            gen = torch.Generator(device=session.device).manual_seed(chunk_seed(job["seed"], j))
-            images = model.sample(stop - start, labels=labels if model.is_conditional else None, generator=gen)
-            _save_array_chunk(Path(folder), j, images=images.cpu().numpy(), labels=labels.cpu().numpy())
-        session.report({"chunks": len(mine)}, Path(folder))
+        for set_index, (set_name, spec) in enumerate(sorted(job["sets"].items())):
+            model = _model_from_bytes(spec["checkpoint"], session.device)
+            assert isinstance(model, GenerativeModel)
+            model.eval()
+            out = Path(folder) / set_name
+            out.mkdir()
+            chunks = chunk_ranges(spec["num_samples"], job["batch_size"])
+            mine = [(j, r) for j, r in enumerate(chunks) if j % session.world_size == session.rank]
+            for j, (start, stop) in tqdm(mine, desc=f"sample {job['name']}/{set_name}", disable=session.rank != 0):
+                labels = torch.arange(start, stop, device=session.device) % model.spec.num_classes
+                gen = torch.Generator(device=session.device).manual_seed(chunk_seed(job["seed"] + set_index, j))
+                images = model.sample(stop - start, labels=labels if model.is_conditional else None, generator=gen)
+                _save_array_chunk(out, j, images=images.cpu().numpy(), labels=labels.cpu().numpy())
+        session.report({"sets": len(job["sets"])}, Path(folder))
 
 
 def features_job(job: dict[str, Any], session: Any) -> None:
@@ -249,7 +252,7 @@ def features_job(job: dict[str, Any], session: Any) -> None:
                 batch = torch.as_tensor(images[start:stop], device=session.device).float().div(127.5).sub(1.0)
                 with torch.no_grad():
                     features = model.embed(batch)
-                    predicted = model.head(features).argmax(dim=1)
+                    predicted = unwrap(model.net).head(features).argmax(dim=1)
                 _save_array_chunk(out, j, features=features.double().cpu().numpy(),
                                   predicted=predicted.cpu().numpy())
         session.report({"sets": len(job["image_sets"])}, Path(folder))

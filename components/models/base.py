@@ -184,6 +184,18 @@ class GenerativeModel(TrainableModel):
         """Whether ``sample`` honours labels (DDPM decides per config)."""
         return self.conditional
 
+    def held_out_metrics(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        """Family-specific scores on real held-out images (the VAE's ELBO, DDPM's noise loss); none by default.
+
+        Args:
+            images: ``(B, C, H, W)`` float in [-1, 1]; labels: ``(B,)``; generator: for any noise.
+
+        Returns:
+            Named per-batch means (0-dim tensors), e.g. ``{"test_elbo": ...}``.
+        """
+        del images, labels, generator
+        return {}
+
     @abc.abstractmethod
     def sample(self, n: int, labels: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
         """Draw ``n`` images.

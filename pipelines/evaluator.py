@@ -1,0 +1,104 @@
+"""``python -m pipelines.evaluator``: train the in-domain CNN whose embedding all metrics use.
+
+A Ray Train job like any model's; then the real reference features (test split, and a
+same-size class-balanced slice of the training split) are extracted on Ray workers, giving
+the *data floor* row (real train vs real test). Writes ``models/evaluator/`` (checkpoint.pt,
+reference.npz, mlflow_run.json) and ``metrics/evaluator.json``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from components import tracking
+from components.config import flatten
+from components.data.dataset import DataError, data_checksum, load_meta, load_split, spec_from_meta
+from components.distributed.jobs import features_job, merge_chunks, train_job
+from components.distributed.runner import run_job, run_name
+from components.io import atomic_dir, write_json
+from components.metrics.suite import sample_metrics
+from components.training.checkpoint import CHECKPOINT_FILE, model_from_checkpoint
+from pipelines.common import load_or_exit, parser, run_main
+
+REFERENCE_FILE = "reference.npz"
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--data", default="data/prepared")
+    p.add_argument("--out", default="models/evaluator")
+    p.add_argument("--metrics", default="metrics/evaluator.json")
+    p.add_argument("--plain", action="store_true", help="run in this process without Ray")
+    args = p.parse_args()
+    cfg = load_or_exit(args)
+    ecfg, n = cfg.evaluator, cfg.evaluate.num_samples
+    meta, train, test = load_meta(args.data), load_split(args.data, "train"), load_split(args.data, "test")
+    spec = spec_from_meta(meta)
+    uri = tracking.resolve_tracking_uri(cfg.mlflow)
+    tracking.check_reachable(uri)
+    checksum = data_checksum(args.data)
+    run_id = tracking.start_run(
+        uri, cfg.experiment_name, "evaluator",
+        tracking.run_tags(family="classifier", model_name="evaluator", seed=ecfg.seed, data_checksum=checksum,
+                          workers=cfg.ray.num_workers, profile=cfg.profile, stage="evaluator"),
+        flatten({"model": ecfg.model_dump(mode="json")}))
+
+    key = {"name": "evaluator", "config": ecfg.model_dump(mode="json"), "data": checksum}
+    job = {**key, "spec": spec.to_dict(), "images": train.images, "labels": train.labels,
+           "tracking": {"uri": uri, "run_id": run_id, "system_metrics": False}}
+    result = run_job(train_job, job, cfg=cfg.ray, name=run_name("train-evaluator", key), plain=args.plain)
+    checkpoint = (result / CHECKPOINT_FILE).read_bytes()
+    shutil.rmtree(result, ignore_errors=True)
+    classifier = model_from_checkpoint(_payload(checkpoint))
+    accuracy = _accuracy(classifier, test.images, test.labels)
+    if accuracy < ecfg.min_test_accuracy:
+        raise RuntimeError(f"evaluator test accuracy {accuracy:.4f} < evaluator.min_test_accuracy "
+                           f"{ecfg.min_test_accuracy}: train it longer (evaluator.epochs) before trusting metrics")
+
+    rng = np.random.default_rng(cfg.evaluate.seed)
+    test_n = min(n, len(test.images))
+    train_idx = np.sort(rng.choice(len(train.images), size=min(test_n, len(train.images)), replace=False))
+    sets = {"test": test.images[:test_n], "train": train.images[train_idx]}
+    feats_job = {"checkpoint": checkpoint, "image_sets": sets, "batch_size": cfg.evaluate.batch_size}
+    result = run_job(features_job, feats_job, cfg=cfg.ray, plain=args.plain,
+                     name=run_name("features-evaluator", {**key, "n": test_n}))
+    features = {name: merge_chunks(result / name) for name in sets}
+    shutil.rmtree(result, ignore_errors=True)
+    floor = sample_metrics(features["test"]["features"], features["train"]["features"], cfg.evaluate)
+
+    identity = classifier.checksum()
+    with atomic_dir(args.out) as tmp:
+        (tmp / CHECKPOINT_FILE).write_bytes(checkpoint)
+        np.savez(tmp / REFERENCE_FILE, test_features=features["test"]["features"],
+                 test_labels=test.labels[:test_n], train_features=features["train"]["features"])
+        write_json(tmp / tracking.RUN_FILE, {"run_id": run_id, "experiment": cfg.experiment_name, "tracking_uri": uri})
+    summary = {"test_accuracy": accuracy, "extractor_checksum": identity, "num_samples": test_n,
+               "data": meta["name"], "floor": floor}
+    write_json(args.metrics, summary)
+    c = tracking.client(uri)
+    c.log_metric(run_id, "eval/test_accuracy", accuracy)
+    for k, v in floor.items():
+        c.log_metric(run_id, f"eval/floor_{k}", v)
+    c.set_tag(run_id, "extractor_checksum", identity)
+    print(f"evaluator: test accuracy {accuracy:.4f}, floor FID {floor['fid']:.3f}, extractor {identity}")
+
+
+def _payload(blob: bytes) -> dict:
+    import io
+
+    import torch
+
+    return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+
+
+def _accuracy(classifier, images: np.ndarray, labels: np.ndarray) -> float:
+    from components.metrics.conditional import classifier_accuracy
+
+    return classifier_accuracy(classifier.feature_extractor().classify, images, labels)
+
+
+if __name__ == "__main__":
+    run_main(main, DataError, tracking.TrackingError, FileNotFoundError, RuntimeError)
