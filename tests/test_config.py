@@ -1,0 +1,141 @@
+"""Configuration: good files pass; each kind of mistake fails with its dotted field path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from components.config import ConfigError, PipelineConfig, apply_overrides, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_params(tmp_path: Path, params: dict) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def minimal() -> dict:
+    return {"train": {"gan": {"family": "gan"}, "ddpm_small": {"family": "ddpm", "base_channels": 8}}}
+
+
+def problems(tmp_path: Path, params: dict) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(write_params(tmp_path, params))
+    return info.value.problems
+
+
+def test_repository_params_and_every_profile_validate():
+    for profile in ("default", "smoke", "gpu"):
+        cfg = load_config(ROOT / "params.yaml", [f"profile={profile}"])
+        assert cfg.profile == profile
+        assert set(cfg.train) == {"gan", "cgan", "dcgan", "vae", "ddpm"}
+    smoke = load_config(ROOT / "params.yaml", ["profile=smoke"])
+    assert smoke.data.source == "synthetic"  # the overlay really applied
+    assert smoke.experiment_name == "genmodels-smoke-synthetic"
+
+
+def test_minimal_file_gets_defaults_and_families_can_repeat(tmp_path):
+    cfg = load_config(write_params(tmp_path, minimal()))
+    assert cfg.train["ddpm_small"].family == "ddpm"
+    assert cfg.train["ddpm_small"].base_channels == 8
+    assert cfg.train["gan"].lr == pytest.approx(2e-4)
+    assert cfg.ray.num_workers == 2
+
+
+def test_unknown_key_names_its_path(tmp_path):
+    params = minimal()
+    params["train"]["gan"]["leraning_rate"] = 0.1
+    params["ray"] = {"num_wokers": 2}
+    found = problems(tmp_path, params)
+    assert "train.gan.leraning_rate: Extra inputs are not permitted" in found
+    assert "ray.num_wokers: Extra inputs are not permitted" in found
+
+
+def test_out_of_range_and_wrong_type(tmp_path):
+    params = minimal()
+    params["train"]["gan"]["lr"] = 0
+    params["train"]["gan"]["epochs"] = "many"
+    params["sample"] = {"num_samples": -5}
+    found = problems(tmp_path, params)
+    assert "train.gan.lr: Input should be greater than 0" in found
+    assert any(p.startswith("train.gan.epochs: Input should be a valid integer") for p in found)
+    assert "sample.num_samples: Input should be greater than 0" in found
+    assert len(found) == 3  # every problem reported at once
+
+
+def test_unknown_family(tmp_path):
+    params = minimal()
+    params["train"]["gan"]["family"] = "flow"
+    [problem] = problems(tmp_path, params)
+    assert problem.startswith("train.gan: Input tag 'flow'")
+
+
+def test_cross_field_rules(tmp_path):
+    params = minimal()
+    params["train"]["ddpm_small"].update(timesteps=10, sample_steps=50)
+    assert any("sample_steps (50) must not exceed timesteps (10)" in p for p in problems(tmp_path, params))
+    params = minimal()
+    params["evaluate"] = {"num_samples": 20_000}
+    assert any("evaluate.num_samples (20000) exceeds sample.num_samples" in p for p in problems(tmp_path, params))
+    params = minimal()
+    params["train"]["Bad Name"] = {"family": "gan"}
+    assert any("train.Bad Name" in p for p in problems(tmp_path, params))
+
+
+def test_image_size_must_be_supported(tmp_path):
+    params = minimal()
+    params["data"] = {"image_size": 64}
+    assert any(p.startswith("data.image_size:") for p in problems(tmp_path, params))
+
+
+def test_overrides_and_precedence(tmp_path):
+    path = write_params(tmp_path, {**minimal(), "profile": "smoke"})
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "smoke.yaml").write_text("train: {gan: {epochs: 2, lr: 0.5}}\n")
+    cfg = load_config(path)
+    assert cfg.train["gan"].epochs == 2 and cfg.train["gan"].lr == 0.5  # overlay beats params.yaml
+    cfg = load_config(path, ["train.gan.lr=0.25"])
+    assert cfg.train["gan"].lr == 0.25 and cfg.train["gan"].epochs == 2  # --set beats the overlay
+    with pytest.raises(ConfigError):
+        apply_overrides({}, ["no-equals-sign"])
+
+
+def test_missing_profile_overlay_and_bad_yaml(tmp_path):
+    assert any("no overlay file" in p for p in problems(tmp_path, {**minimal(), "profile": "gpu"}))
+    path = tmp_path / "params.yaml"
+    path.write_text("train: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+
+
+def test_validate_cli_exit_codes(tmp_path):
+    good = write_params(tmp_path, minimal())
+    run = subprocess.run([sys.executable, "-m", "pipelines.validate", str(good)], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    bad_params = minimal()
+    bad_params["train"]["gan"]["lr"] = -1
+    bad = write_params(tmp_path, bad_params)
+    run = subprocess.run([sys.executable, "-m", "pipelines.validate", str(bad)], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert run.returncode == 2
+    assert "train.gan.lr: Input should be greater than 0" in run.stderr
+
+
+def test_schema_export_is_valid_json_schema_and_accepts_params():
+    run = subprocess.run([sys.executable, "-m", "pipelines.validate", "--schema"], cwd=ROOT,
+                         capture_output=True, text=True, check=True)
+    schema = json.loads(run.stdout)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    jsonschema.validate(yaml.safe_load((ROOT / "params.yaml").read_text()), schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"train": {"gan": {"family": "gan", "bogus": 1}}}, schema)
+    assert schema == PipelineConfig.model_json_schema()

@@ -1,0 +1,543 @@
+"""Static and live checks of the launch infrastructure.
+
+Static: the Dockerfile lints clean and is built the way the project needs; every image anywhere
+(Dockerfile, compose, ``ray up`` config, rendered Kubernetes manifests) is pinned by digest and
+the project image is one reference everywhere; both kustomize overlays render offline, their
+core objects pass kubernetes-validate --strict and the RayJob passes the KubeRay CRD schema with
+unknown fields rejected. Live: ``infra/local/stack`` really starts PostgreSQL, SeaweedFS and
+MLflow and stops them again; ``infra/run-pipeline`` runs and pushes a tiny DVC project.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from copy import deepcopy
+from functools import cache
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+import botocore.exceptions
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from servers import S3Server, find_tool, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = ROOT / "Dockerfile"
+COMPOSE = ROOT / "infra/compose/docker-compose.yml"
+CLUSTER = ROOT / "infra/ray/cluster.yaml"
+K8S = ROOT / "infra/k8s"
+OVERLAYS = ("cpu-smoke", "gpu")
+# KubeRay CRDs (ray.io/v1, v1.7 line): vendored under infra/k8s/crds if the repository has them,
+# else $KUBERAY_CRDS, else the shared/ folder handed out beside the checkout (CI has it too).
+CRDS = next(
+    (p for p in (ROOT / "infra/k8s/crds", Path(os.environ.get("KUBERAY_CRDS", "/nonexistent")),
+                 ROOT.parent / "shared/schemas/kuberay") if (p / "ray.io_rayjobs.yaml").exists()),
+    None,
+)  # fmt: skip
+PROJECT_REPO = "ghcr.io/genmodels/pipeline"
+K8S_VERSION = "1.37.0"
+
+PINNED = re.compile(r"^[a-z0-9][a-z0-9._\-/:]*@sha256:[0-9a-f]{64}$")
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers: collecting image references
+# ---------------------------------------------------------------------------------------------
+
+
+def dockerfile_from_images(text: str) -> list[str]:
+    """Return the image of each FROM line, skipping references to earlier build stages."""
+    stages: set[str] = set()
+    images = []
+    for line in text.splitlines():
+        match = re.match(r"^\s*FROM\s+(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?", line, re.IGNORECASE)
+        if not match:
+            continue
+        image, alias = match.group(1), match.group(2)
+        if image.lower() not in stages:
+            images.append(image)
+        if alias:
+            stages.add(alias.lower())
+    return images
+
+
+def find_images(obj: Any) -> list[str]:
+    """Return every string value stored under a key named ``image`` (or ``*_image``), recursively."""
+    found: list[str] = []
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if isinstance(value, str) and (key == "image" or key.endswith("_image")):
+                found.append(value)
+            else:
+                found.extend(find_images(value))
+    elif isinstance(obj, list):
+        for item in obj:
+            found.extend(find_images(item))
+    return found
+
+
+def unpinned(images: list[str]) -> list[str]:
+    """Return the references that are not ``name[:tag]@sha256:<64 hex>``."""
+    return [image for image in images if not PINNED.match(image)]
+
+
+@cache
+def rendered(overlay: str) -> tuple[dict[str, Any], ...]:
+    """Render ``infra/k8s/overlays/<overlay>`` with ``kubectl kustomize`` (offline)."""
+    out = subprocess.run(
+        [find_tool("kubectl"), "kustomize", str(K8S / "overlays" / overlay)],
+        check=True, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    return tuple(doc for doc in yaml.safe_load_all(out.stdout) if doc)
+
+
+def all_image_sources() -> dict[str, list[str]]:
+    """Every image reference in the repository's infrastructure, by source file."""
+    sources = {
+        "Dockerfile": dockerfile_from_images(DOCKERFILE.read_text()),
+        "compose": find_images(yaml.safe_load(COMPOSE.read_text())),
+        "cluster.yaml": find_images(yaml.safe_load(CLUSTER.read_text())),
+    }
+    for overlay in OVERLAYS:
+        sources[f"k8s/{overlay}"] = find_images(list(rendered(overlay)))
+    return sources
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers: CRD schemas
+# ---------------------------------------------------------------------------------------------
+
+
+@cache
+def crd_schema(kind_file: str) -> dict[str, Any]:
+    """The ``v1`` openAPIV3Schema of a KubeRay CRD file, e.g. ``ray.io_rayjobs.yaml``."""
+    if CRDS is None:
+        pytest.fail("KubeRay CRDs not found (infra/k8s/crds, $KUBERAY_CRDS, ../shared/schemas/kuberay)")
+    # libyaml's loader when present: the CRD files are 1-1.4 MB (pure Python takes seconds).
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    crd = yaml.load((CRDS / kind_file).read_text(), Loader=loader)  # a safe loader either way
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    return version["schema"]["openAPIV3Schema"]
+
+
+def unknown_fields(obj: Any, schema: dict[str, Any], path: str = "") -> list[str]:
+    """List the paths of keys the schema does not declare.
+
+    The API server prunes (silently drops) such keys unless the schema says
+    ``x-kubernetes-preserve-unknown-fields``; the KubeRay CRDs do not set
+    ``additionalProperties: false``, so plain jsonschema validation would accept a typo.
+
+    Args:
+        obj: the object (or part of it) to check.
+        schema: its structural schema.
+        path: JSON-pointer-like path of ``obj``, for messages.
+
+    Returns:
+        Paths such as ``/spec/rayClusterSpec/headGroupSpec/templat``.
+    """
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    if isinstance(obj, list):
+        items = schema.get("items", {})
+        return [p for i, item in enumerate(obj) for p in unknown_fields(item, items, f"{path}/{i}")]
+    if not isinstance(obj, dict):
+        return []
+    props = schema.get("properties", {})
+    extra = schema.get("additionalProperties")
+    problems = []
+    for key, value in obj.items():
+        if key in props:
+            problems += unknown_fields(value, props[key], f"{path}/{key}")
+        elif isinstance(extra, dict):
+            problems += unknown_fields(value, extra, f"{path}/{key}")
+        elif extra is not True:
+            problems.append(f"{path}/{key}")
+    return problems
+
+
+def check_custom_resource(doc: dict[str, Any], schema: dict[str, Any]) -> list[str]:
+    """Validate a custom resource against its CRD schema; return every problem found."""
+    validator = jsonschema.Draft7Validator(schema)
+    problems = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)]
+    # The root metadata is a full ObjectMeta the CRD schema leaves opaque: check it separately.
+    body = {k: v for k, v in doc.items() if k != "metadata"}
+    problems += [f"unknown field {p}" for p in unknown_fields(body, schema)]
+    meta_keys = {"name", "namespace", "labels", "annotations", "generateName"}
+    problems += [f"unknown field /metadata/{k}" for k in doc.get("metadata", {}) if k not in meta_keys]
+    return problems
+
+
+def pod_templates(rayjob: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield (name, PodTemplateSpec) of the RayJob's submitter, head and worker groups."""
+    spec = rayjob["spec"]
+    if "submitterPodTemplate" in spec:
+        yield "submitter", spec["submitterPodTemplate"]
+    cluster = spec["rayClusterSpec"]
+    yield "head", cluster["headGroupSpec"]["template"]
+    for group in cluster["workerGroupSpecs"]:
+        yield f"worker/{group['groupName']}", group["template"]
+
+
+def of_kind(docs: tuple[dict[str, Any], ...], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+# ---------------------------------------------------------------------------------------------
+# Dockerfile
+# ---------------------------------------------------------------------------------------------
+
+
+def test_hadolint_reports_nothing() -> None:
+    hadolint = [find_tool("hadolint"), str(DOCKERFILE)]
+    result = subprocess.run(hadolint, check=False, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "", result.stdout + result.stderr
+
+
+def test_dockerfile_builds_both_targets_from_the_lock_as_non_root() -> None:
+    text = DOCKERFILE.read_text()
+    targets = re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", text, re.MULTILINE | re.IGNORECASE)
+    assert {"cpu", "gpu"} <= set(targets)
+    # Runtime stages: non-root numeric user, /app, project code copied after the dependencies.
+    for stage in ("gpu", "cpu"):
+        body = text.split(f" AS {stage}\n", 1)[1].split("\nFROM ", 1)[0]
+        assert re.search(r"^USER\s+1000(:1000)?\s*$", body, re.MULTILINE), stage
+        assert "WORKDIR /app" in body, stage
+        assert body.index("COPY --from=deps") < body.index("COPY --chown=1000:1000 . /app"), stage
+    installs = re.findall(r"pip install --no-deps --require-hashes -r \S*requirements\.lock", text)
+    assert len(installs) == 2  # once per deps stage
+    assert len(re.findall(r'"torch==\$\{TORCH_VERSION\}"', text)) == 2
+    assert "download.pytorch.org/whl/cpu" in text and re.search(r"download\.pytorch\.org/whl/cu\d+", text)
+    # No credentials baked in.
+    assert not re.search(r"^(ENV|ARG)\s+.*(SECRET|PASSWORD|TOKEN|ACCESS_KEY)", text, re.MULTILINE | re.IGNORECASE)
+
+
+def test_dockerignore_keeps_data_results_and_secrets_out() -> None:
+    entries = set((ROOT / ".dockerignore").read_text().split())
+    required = {"data", "models", "samples", "metrics", "reports", "mlruns", "mlflow.db", ".venv",
+                ".dvc/cache", "ray_results", ".stack", ".git"}  # fmt: skip
+    assert required <= entries, required - entries
+
+
+# ---------------------------------------------------------------------------------------------
+# image pinning and the project image
+# ---------------------------------------------------------------------------------------------
+
+
+def test_pin_checker_flags_unpinned_references() -> None:
+    text = "FROM python:3.11-slim AS base\nFROM base AS cpu\nFROM ubuntu@sha256:" + "a" * 64 + "\n"
+    assert dockerfile_from_images(text) == ["python:3.11-slim", "ubuntu@sha256:" + "a" * 64]
+    assert unpinned(dockerfile_from_images(text)) == ["python:3.11-slim"]
+    nested = {"spec": {"containers": [{"image": "busybox:1.36"}]}, "docker": {"worker_image": "x@sha256:12"}}
+    assert unpinned(find_images(nested)) == ["busybox:1.36", "x@sha256:12"]
+
+
+def test_every_image_is_pinned_by_digest() -> None:
+    sources = all_image_sources()
+    for name, images in sources.items():
+        assert images, f"no images found in {name}"
+    bad = {name: unpinned(images) for name, images in sources.items() if unpinned(images)}
+    assert not bad, f"images not pinned by @sha256 digest: {bad}"
+
+
+def test_project_image_is_one_reference_per_flavour_everywhere() -> None:
+    sources = all_image_sources()
+    by_flavour: dict[str, dict[str, set[str]]] = {}
+    for name, images in sources.items():
+        for image in images:
+            if image.startswith((PROJECT_REPO + ":", PROJECT_REPO + "@")):
+                flavour = image.removeprefix(PROJECT_REPO).split("@")[0].lstrip(":")
+                by_flavour.setdefault(flavour, {}).setdefault(image, set()).add(name)
+    assert set(by_flavour) == {"cpu", "gpu"}, by_flavour
+    for flavour, refs in by_flavour.items():
+        assert len(refs) == 1, f"project image :{flavour} differs between files: {refs}"
+    users = {name for refs in by_flavour.values() for names in refs.values() for name in names}
+    assert {"compose", "cluster.yaml", "k8s/cpu-smoke", "k8s/gpu"} <= users
+
+
+# ---------------------------------------------------------------------------------------------
+# docker compose and ray up
+# ---------------------------------------------------------------------------------------------
+
+
+def test_compose_defines_the_stack_without_literal_secrets() -> None:
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services = compose["services"]
+    assert {"postgres", "seaweedfs", "mlflow", "ray-head", "ray-worker"} <= set(services)
+    assert services["seaweedfs"]["image"].startswith("chrislusf/seaweedfs:")
+    mlflow_cmd = " ".join(services["mlflow"]["command"])
+    assert "postgresql+psycopg2://" in mlflow_cmd and "--artifacts-destination s3://mlflow/artifacts" in mlflow_cmd
+    for name in ("ray-head", "ray-worker"):
+        env = services[name]["environment"]
+        assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+        assert "workspace:/workspace" in services[name]["volumes"]
+    # Secrets come only from the env file: every secret-looking value is a required ${VAR:?...}.
+    for name, service in services.items():
+        for key, value in (service.get("environment") or {}).items():
+            if re.search(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY", key):
+                assert re.fullmatch(r"\$\{[A-Z0-9_]+:\?[^}]*\}", str(value)), (name, key, value)
+
+
+def test_ray_cluster_yaml_passes_rays_own_schema() -> None:
+    (ray_dir,) = find_spec("ray").submodule_search_locations  # type: ignore[union-attr]
+    schema = json.loads((Path(ray_dir) / "autoscaler/ray-schema.json").read_text())
+    config = yaml.safe_load(CLUSTER.read_text())
+    jsonschema.validate(config, schema)
+    node_types = config["available_node_types"]
+    gpu_types = [t for t in node_types.values() if ":gpu@" in t.get("docker", {}).get("worker_image", "")]
+    assert gpu_types and all(t["max_workers"] >= 1 for t in gpu_types)
+    assert config["head_node_type"] in node_types
+    assert any("ray start --head" in c for c in config["head_start_ray_commands"])
+    assert any("ray start --address=$RAY_HEAD_IP:6379" in c for c in config["worker_start_ray_commands"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Kubernetes
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_core_objects_pass_kubernetes_validate_strict(overlay: str) -> None:
+    docs = rendered(overlay)
+    core = [d for d in docs if not d["apiVersion"].startswith("ray.io/")]
+    assert {d["kind"] for d in core} >= {"Namespace", "ConfigMap", "PersistentVolumeClaim", "Deployment", "Service"}
+    for doc in core:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    # The RayJob's pod templates are core PodTemplateSpecs: validate them with the core schema too.
+    (rayjob,) = of_kind(docs, "RayJob")
+    for name, template in pod_templates(rayjob):
+        wrapper = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name.replace("/", "-")},
+                   "template": template}  # fmt: skip
+        kubernetes_validate.validate(wrapper, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rayjob_and_its_cluster_spec_match_the_kuberay_crds(overlay: str) -> None:
+    (rayjob,) = of_kind(rendered(overlay), "RayJob")
+    assert check_custom_resource(rayjob, crd_schema("ray.io_rayjobs.yaml")) == []
+    # The same cluster spec as a standalone RayCluster, against the RayCluster CRD.
+    raycluster = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "check"},
+                  "spec": rayjob["spec"]["rayClusterSpec"]}  # fmt: skip
+    assert check_custom_resource(raycluster, crd_schema("ray.io_rayclusters.yaml")) == []
+
+
+def test_crd_check_catches_typos_and_wrong_types() -> None:
+    (rayjob,) = of_kind(rendered("gpu"), "RayJob")
+    schema = crd_schema("ray.io_rayjobs.yaml")
+    typo = deepcopy(rayjob)
+    typo["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "x"
+    typo["spec"]["shutdownAfterJobFinish"] = True
+    problems = check_custom_resource(typo, schema)
+    assert "unknown field /spec/shutdownAfterJobFinish" in problems
+    assert any(p.endswith("/containers/0/imagePullPolicyy") for p in problems)
+    wrong_type = deepcopy(rayjob)
+    wrong_type["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] = "two"
+    assert any("replicas" in p for p in check_custom_resource(wrong_type, schema))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_pod_is_non_root_with_requests_limits_and_settings(overlay: str) -> None:
+    docs = rendered(overlay)
+    (deployment,) = of_kind(docs, "Deployment")
+    (rayjob,) = of_kind(docs, "RayJob")
+    templates = [("mlflow", deployment["spec"]["template"]), *pod_templates(rayjob)]
+    for name, template in templates:
+        spec = template["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        for container in spec["containers"]:
+            resources = container["resources"]
+            assert resources["requests"] and resources["limits"], name
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False, name
+    for name, template in [("mlflow", deployment["spec"]["template"]), *list(pod_templates(rayjob))[1:]]:
+        refs = {next(iter(ref.values()))["name"] for ref in template["spec"]["containers"][0]["envFrom"]}
+        assert refs == {"genmodels-config", "genmodels-secrets"}, name
+    assert rayjob["spec"]["entrypoint"] == "bash /app/infra/run-pipeline"
+
+
+def test_overlays_set_profile_and_worker_hardware() -> None:
+    def summary(overlay: str) -> tuple[str, list[tuple[str, int, Any]]]:
+        docs = rendered(overlay)
+        (config,) = [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"] == "genmodels-config"]
+        (rayjob,) = of_kind(docs, "RayJob")
+        groups = [
+            (g["groupName"], g["replicas"], g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu"))
+            for g in rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+        ]  # fmt: skip
+        return config["data"]["PIPELINE_PROFILE"], groups
+
+    profile, groups = summary("cpu-smoke")
+    assert profile == "smoke" and groups == [("cpu", 2, None)]
+    assert "nvidia.com/gpu" not in json.dumps(list(rendered("cpu-smoke")))
+    profile, groups = summary("gpu")
+    assert profile == "gpu" and groups == [("gpu", 4, 1)]
+    # One Ray Train worker per GPU: the overlay brings as many GPUs as the gpu profile asks for.
+    gpu_profile = yaml.safe_load((ROOT / "profiles/gpu.yaml").read_text())["ray"]
+    assert gpu_profile["num_workers"] * gpu_profile["resources_per_worker"]["GPU"] == 4 * 1
+
+
+def test_example_secret_is_valid_placeholder_only_and_not_applied_by_kustomize() -> None:
+    path = K8S / "base/secret.example.yaml"
+    secret = yaml.safe_load(path.read_text())
+    kubernetes_validate.validate(secret, K8S_VERSION, strict=True)
+    assert secret["stringData"] and all("REPLACE_ME" in v for v in secret["stringData"].values())
+    kustomization = yaml.safe_load((K8S / "base/kustomization.yaml").read_text())
+    assert path.name not in kustomization["resources"]
+    assert not of_kind(rendered("gpu"), "Secret")
+
+
+# ---------------------------------------------------------------------------------------------
+# live: infra/local/stack
+# ---------------------------------------------------------------------------------------------
+
+
+def _port_pair() -> tuple[int, int]:
+    """A free port p whose gRPC twin p + 10000 is free too (SeaweedFS' convention)."""
+    for _ in range(100):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port, port + 10000
+    raise RuntimeError("no free port pair")
+
+
+def _alive(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+@pytest.fixture
+def stack_env() -> Iterator[dict[str, str]]:
+    """Environment for ``infra/local/stack`` with a private state folder and free ports."""
+    # Not under pytest's tmp_path: as root, PostgreSQL runs as user postgres, which must be able
+    # to traverse the state folder's parents (pytest's are private to root).
+    state = Path(tempfile.mkdtemp(prefix="stack-test-"))
+    state.chmod(0o755)
+    env = {**os.environ, "STACK_DIR": str(state / "stack"), "STACK_WEED_GRPC_OFFSET": "10000"}
+    for var in ("STACK_S3_PORT", "STACK_WEED_MASTER_PORT", "STACK_WEED_VOLUME_PORT", "STACK_WEED_FILER_PORT",
+                "STACK_WEED_ADMIN_PORT"):  # fmt: skip
+        env[var] = str(_port_pair()[0])
+    env["STACK_PG_PORT"], env["STACK_MLFLOW_PORT"] = str(free_port()), str(free_port())
+    yield env
+    subprocess.run([str(ROOT / "infra/local/stack"), "stop"], check=False, env=env, capture_output=True, timeout=60)
+    shutil.rmtree(state, ignore_errors=True)
+
+
+def _stack(env: dict[str, str], command: str) -> subprocess.CompletedProcess[str]:
+    argv = [str(ROOT / "infra/local/stack"), command]
+    return subprocess.run(argv, check=False, env=env, capture_output=True, text=True, timeout=240)
+
+
+@pytest.mark.slow
+def test_local_stack_starts_serves_and_stops(stack_env: dict[str, str]) -> None:
+    import mlflow
+    import psycopg2
+
+    started = _stack(stack_env, "start")
+    assert started.returncode == 0, started.stdout + started.stderr
+    state = Path(stack_env["STACK_DIR"])
+    assert (state / "credentials").stat().st_mode & 0o077 == 0  # secrets readable by the owner only
+    status = _stack(stack_env, "status")
+    assert status.returncode == 0 and status.stdout.count("running") == 3, status.stdout
+
+    exported = dict(re.findall(r"^export (\w+)=(\S+)$", _stack(stack_env, "env").stdout, re.MULTILINE))
+    assert exported["MLFLOW_TRACKING_URI"] == f"http://127.0.0.1:{stack_env['STACK_MLFLOW_PORT']}"
+    assert exported["AWS_ENDPOINT_URL"] == exported["MLFLOW_S3_ENDPOINT_URL"]
+
+    creds = dict(line.split("=", 1) for line in (state / "credentials").read_text().split())
+    dsn = f"postgresql://{creds['PG_USER']}:{creds['PG_PASSWORD']}@127.0.0.1:{stack_env['STACK_PG_PORT']}/mlflow"
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'experiments'")
+        assert cur.fetchone() == (1,)  # MLflow created its schema in this database
+    conn.close()
+
+    s3 = S3Server(exported["AWS_ENDPOINT_URL"], exported["AWS_ACCESS_KEY_ID"], exported["AWS_SECRET_ACCESS_KEY"])
+    assert {"mlflow", "dvc"} <= {b["Name"] for b in s3.client().list_buckets()["Buckets"]}
+    with pytest.raises(botocore.exceptions.ClientError):
+        S3Server(s3.endpoint_url, "wrong", "wrong").client().list_buckets()
+
+    uri = exported["MLFLOW_TRACKING_URI"]
+    with urllib.request.urlopen(f"{uri}/health", timeout=5) as resp:
+        assert resp.status == 200
+    client = mlflow.MlflowClient(uri)
+    run = client.create_run(client.create_experiment("stack-test"))
+    client.log_text(run.info.run_id, "hello", "note.txt")  # proxied by the server into S3
+    keys = [o["Key"] for o in s3.client().list_objects_v2(Bucket="mlflow").get("Contents", [])]
+    assert any(k.startswith("artifacts/") and k.endswith(f"{run.info.run_id}/artifacts/note.txt") for k in keys)
+
+    pids = [int((state / "run" / f).read_text()) for f in ("weed.pid", "mlflow.pid")]
+    pids.append(int((state / "postgres/postmaster.pid").read_text().split()[0]))
+    again = _stack(stack_env, "start")
+    assert again.returncode == 0 and again.stdout.count("already running") == 3, again.stdout
+    assert [int((state / "run" / f).read_text()) for f in ("weed.pid", "mlflow.pid")] == pids[:2]
+
+    stopped = _stack(stack_env, "stop")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    deadline = time.monotonic() + 10
+    while any(map(_alive, pids)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [p for p in pids if _alive(p)]
+    status = _stack(stack_env, "status")
+    assert status.returncode == 3 and status.stdout.count("stopped") == 3, status.stdout
+    for port in ("STACK_PG_PORT", "STACK_S3_PORT", "STACK_MLFLOW_PORT"):
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", int(stack_env[port]))) != 0, port
+
+
+# ---------------------------------------------------------------------------------------------
+# live: infra/run-pipeline on a tiny DVC project
+# ---------------------------------------------------------------------------------------------
+
+TINY_DVC_YAML = """\
+stages:
+  echo:
+    cmd: python -c "import yaml; p = yaml.safe_load(open('params.yaml')); open('out.txt', 'w').write(p['profile'])"
+    params:
+      - profile
+    outs:
+      - out.txt
+"""
+
+
+@pytest.mark.slow
+def test_run_pipeline_sets_profile_reproduces_and_pushes(tmp_path: Path, s3_server: S3Server) -> None:
+    source, workspace = tmp_path / "app", tmp_path / "workspace"
+    source.mkdir()
+    (source / "params.yaml").write_text("profile: default\nseed: 0\n")
+    (source / "dvc.yaml").write_text(TINY_DVC_YAML)
+    dvc = find_tool("dvc")
+    subprocess.run([dvc, "init", "--no-scm", "-q"], cwd=source, check=True, timeout=60)
+    s3_server.make_bucket("run-pipeline-test")
+    env = {
+        **os.environ, **s3_server.env(),
+        "PATH": f"{Path(dvc).parent}{os.pathsep}{os.environ['PATH']}",
+        "PIPELINE_SOURCE": str(source), "WORKSPACE": str(workspace),
+        "PIPELINE_PROFILE": "smoke", "DVC_REMOTE_URL": "s3://run-pipeline-test/store",
+    }  # fmt: skip
+    argv = [str(ROOT / "infra/run-pipeline")]
+    result = subprocess.run(argv, check=False, env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (workspace / "out.txt").read_text() == "smoke"
+    assert (workspace / "params.yaml").read_text().startswith("profile: smoke\n")
+    assert (source / "params.yaml").read_text().startswith("profile: default\n")  # the image's copy is untouched
+    pushed = s3_server.client().list_objects_v2(Bucket="run-pipeline-test").get("Contents", [])
+    assert any(o["Key"].startswith("store/") for o in pushed)
