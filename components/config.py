@@ -204,7 +204,7 @@ class EvaluatorConfig(TrainBase):
     epochs: PositiveInt = 3
     lr: PositiveFloat = 1e-3
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
-    width: PositiveInt = 32
+    width: PositiveInt = 16
     feature_dim: PositiveInt = 128
     min_test_accuracy: float = Field(0.0, ge=0, le=1, description="fail the stage below this")
 

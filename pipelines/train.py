@@ -12,7 +12,7 @@ from pathlib import Path
 
 from components import tracking
 from components.data.dataset import DataError, data_checksum, load_meta, load_split, spec_from_meta
-from components.distributed.jobs import HISTORY_FILE, train_job
+from components.distributed.jobs import HISTORY_FILE, train_job, worker_records
 from components.distributed.runner import run_job, run_name
 from components.io import atomic_dir, atomic_path, write_json
 from components.report.curves import history_to_csv, plot_losses
@@ -49,6 +49,7 @@ def main() -> None:
             shutil.copy(result / CHECKPOINT_FILE, tmp / CHECKPOINT_FILE)
             history = json.loads((result / HISTORY_FILE).read_text())
             write_json(tmp / HISTORY_FILE, history)
+            write_json(tmp / "workers.json", worker_records(result))
             write_json(tmp / "config.json", {"name": name, "model": mcfg.model_dump(mode="json"),
                                              "data_spec": spec.to_dict(), "data_checksum": job_key["data"]})
             write_json(tmp / tracking.RUN_FILE, {"run_id": run_id, "experiment": cfg.experiment_name,

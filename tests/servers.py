@@ -354,3 +354,80 @@ def mlflow_server(
         yield uri
     finally:
         stop_process(proc)
+
+
+# --------------------------------------------------------------------------- Ray
+HEAD_IP = "127.0.0.2"
+WORKER_IP = "127.0.0.3"
+
+
+@contextmanager
+def ray_node(workdir: Path, num_cpus: int, head_address: str | None = None, node_ip: str = HEAD_IP) -> Iterator[str]:
+    """A Ray node in the foreground (``ray start --block``) that we stop ourselves.
+
+    ``ray stop`` would stop every Ray process of this user; here exactly what this context
+    started is stopped (its process group), and the head keeps its state in a private temp dir.
+
+    Args:
+        workdir: folder for the node's logs (the head's temp dir goes under /tmp: socket paths are short).
+        num_cpus: CPUs the node advertises.
+        head_address: None starts a head; ``host:port`` joins that head as a worker node.
+        node_ip: the node's address. Each node gets its own loopback address (127.0.0.2, 127.0.0.3, ...):
+            Ray rewrites "127.0.0.1" to the machine's network address, the others it leaves alone, so
+            all traffic stays on loopback. Drivers pass ``RAY_NODE_IP_ADDRESS=HEAD_IP``.
+
+    Yields:
+        The head's address ``127.0.0.1:PORT``.
+    """
+    ray = find_tool("ray")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
+    if head_address is None:
+        port = free_port()
+        address = f"{node_ip}:{port}"
+        temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+        cmd = [ray, "start", "--head", "--block", f"--port={port}", f"--num-cpus={num_cpus}", "--num-gpus=0",
+               f"--node-ip-address={node_ip}", "--include-dashboard=false", "--disable-usage-stats",
+               f"--temp-dir={temp_dir}",
+               f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"]
+    else:
+        address, temp_dir = head_address, None
+        cmd = [ray, "start", "--block", f"--address={head_address}", f"--num-cpus={num_cpus}", "--num-gpus=0",
+               f"--node-ip-address={node_ip}", f"--node-manager-port={free_port()}",
+               f"--object-manager-port={free_port()}", "--disable-usage-stats"]
+    log = open(workdir / f"ray-{'head' if head_address is None else 'worker'}-{time.time_ns()}.log", "wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        _wait_for_ray(address, proc, expected_cpus=None if head_address is None else num_cpus, env=env)
+        yield address
+    finally:
+        _stop_group(proc)
+        log.close()
+        if temp_dir:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _wait_for_ray(address: str, proc: subprocess.Popen, expected_cpus: int | None, env: dict) -> None:
+    status = [find_tool("ray"), "status", f"--address={address}"]
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ray start exited with {proc.returncode}")
+        out = subprocess.run(status, capture_output=True, text=True, env=env)
+        if out.returncode == 0 and (expected_cpus is None or out.stdout.count("node_") >= 2):
+            return
+        time.sleep(1)
+    raise TimeoutError(f"Ray node for {address} not ready in 90 s")
+
+
+def _stop_group(proc: subprocess.Popen, grace_s: float = 20) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # children that outlived the node process
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=10)

@@ -20,7 +20,13 @@ from components.config import model_config_from_dict
 from components.data.loader import TensorLoader
 from components.models import build_model
 from components.models.base import DataSpec, GenerativeModel, TrainableModel, unwrap
-from components.training.checkpoint import CHECKPOINT_FILE, checkpoint_payload, load_checkpoint, save_checkpoint
+from components.training.checkpoint import (
+    CHECKPOINT_FILE,
+    checkpoint_payload,
+    load_checkpoint,
+    save_checkpoint,
+    weights_digest,
+)
 from components.training.loop import Callback, EpochStats, configure_runtime, fit
 
 HISTORY_FILE = "history.json"
@@ -45,6 +51,10 @@ class ReportCallback(Callback):
             if self.session.rank == 0:
                 save_checkpoint(Path(folder) / CHECKPOINT_FILE, checkpoint_payload(model, name=self.name, epoch=done))
                 (Path(folder) / HISTORY_FILE).write_text(json.dumps(self.history))
+            # every rank adds its weights digest and node: the driver checks DDP kept the ranks equal
+            worker = {"rank": self.session.rank, "node": self.session.node, "weights": weights_digest(model),
+                      "step": model.step}
+            (Path(folder) / f"worker-{self.session.rank:03d}.json").write_text(json.dumps(worker))
             self.session.report(metrics, Path(folder))
 
 
@@ -146,6 +156,8 @@ def train_job(job: dict[str, Any], session: Any) -> list[EpochStats]:
             start_epoch = payload["epoch"]
             if (folder / HISTORY_FILE).exists():
                 history = json.loads((folder / HISTORY_FILE).read_text())
+            if session.rank == 0:
+                print(f"{job['name']}: resumed from epoch {start_epoch} (step {model.step})", flush=True)
     configure_runtime(model, cfg.precision, cfg.channels_last, cfg.compile)
     model.wrap_networks(session.prepare)
     loader = TensorLoader(job["images"], job["labels"], cfg.batch_size, session.device, shuffle=True,
@@ -173,6 +185,14 @@ def train_job(job: dict[str, Any], session: Any) -> list[EpochStats]:
 
 
 # --------------------------------------------------------------------------- chunked work
+def worker_records(folder: str | Path) -> list[dict[str, Any]]:
+    """The per-rank records of a training checkpoint; raises if the ranks' weights differ."""
+    records = [json.loads(p.read_text()) for p in sorted(Path(folder).glob("worker-*.json"))]
+    if len({r["weights"] for r in records}) > 1:
+        raise RuntimeError(f"DDP ranks disagree on the final weights: {records}")
+    return records
+
+
 def chunk_ranges(total: int, chunk: int) -> list[tuple[int, int]]:
     """``[(start, stop), ...]`` covering ``range(total)`` in fixed-size chunks."""
     return [(s, min(s + chunk, total)) for s in range(0, total, chunk)]

@@ -38,7 +38,9 @@ def connect(cfg: RayConfig) -> float:
         "env_vars": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
     }
     address = os.environ.get("RAY_ADDRESS") or cfg.address
-    common = {"runtime_env": runtime_env, "log_to_driver": True, "logging_level": "warning"}
+    common = {"runtime_env": runtime_env, "log_to_driver": True, "logging_level": "warning",
+              # a single-machine cluster may bind loopback only: the driver must look for it there
+              "_node_ip_address": os.environ.get("RAY_NODE_IP_ADDRESS", "127.0.0.1" if not address else None)}
     if address:
         ray.init(address=address, **common)
     else:

@@ -21,6 +21,7 @@ class LocalSession:
 
     rank = 0
     world_size = 1
+    node = "local"
 
     def __init__(self, checkpoint_root: str | Path | None = None, device: str | torch.device | None = None):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -50,6 +51,7 @@ class RaySession:
     """Inside a ``TorchTrainer`` worker: DDP through ``prepare_model``, checkpoints through ``report``."""
 
     def __init__(self) -> None:
+        import ray
         import ray.train
         import ray.train.torch
 
@@ -58,6 +60,7 @@ class RaySession:
         self.rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()
         self.device = ray.train.torch.get_device()
+        self.node = ray.get_runtime_context().get_node_id()
 
     @contextlib.contextmanager
     def latest_checkpoint(self) -> Iterator[Path | None]:

@@ -33,6 +33,22 @@ def checkpoint_payload(model: TrainableModel, *, name: str, epoch: int, extra: d
     }
 
 
+def weights_digest(model: TrainableModel) -> str:
+    """SHA-256 (16 hex chars) over every network's parameters, in name order.
+
+    Buffers are left out on purpose: under DDP each rank updates BatchNorm running statistics
+    from its own shard after rank 0's copy is broadcast, so only the parameters must agree.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for net_name, net in sorted(model.networks().items()):
+        for key, param in sorted(net.named_parameters()):
+            digest.update(f"{net_name}.{key}".encode())
+            digest.update(param.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def save_checkpoint(path: str | Path, payload: dict) -> Path:
     """Write ``payload`` to ``path`` atomically."""
     path = Path(path)

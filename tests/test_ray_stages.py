@@ -1,0 +1,138 @@
+"""The compute stages as real Ray Train jobs (DDP on CPU workers) tracked in a real MLflow store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from project import make_project, read_json, run_stage
+from servers import WORKER_IP, ray_node
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_address(tmp_path_factory):
+    """One local Ray head (2 CPUs) for the module; stages attach to it through RAY_ADDRESS."""
+    with ray_node(tmp_path_factory.mktemp("ray"), num_cpus=2) as address:
+        yield address
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, ray_address):
+    """A project where gan was trained, sampled and evaluated with 2 workers, and vae trained."""
+    project = make_project(tmp_path_factory.mktemp("project"))
+    env = {"RAY_ADDRESS": ray_address}
+    run_stage(project, "train", "--model", "gan", env=env)
+    run_stage(project, "sample", "--model", "gan", env=env)
+    run_stage(project, "evaluator", env=env)
+    run_stage(project, "evaluate", "--model", "gan", env=env)
+    run_stage(project, "train", "--model", "vae", env=env)
+    return project
+
+
+def mlflow_client(project) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+
+
+def test_ddp_ranks_end_equal_and_model_folder_complete(trained):
+    folder = trained / "models" / "gan"
+    workers = read_json(folder / "workers.json")
+    assert [w["rank"] for w in workers] == [0, 1]
+    assert workers[0]["weights"] == workers[1]["weights"]
+    config = read_json(folder / "config.json")
+    assert config["model"]["family"] == "gan" and config["data_spec"]["height"] == 28
+    history = read_json(folder / "history.json")
+    steps_per_epoch = 512 // 2 // 64  # 512 images, 2 workers, batch 64 per worker
+    assert workers[0]["step"] == 2 * steps_per_epoch
+    assert [row["epoch"] for row in history if "epoch" in row] == [1, 2]
+    assert (folder / "loss.png").read_bytes().startswith(b"\x89PNG")
+    assert (trained / "plots" / "train" / "gan.csv").read_text().startswith("step,")
+
+
+def test_mlflow_run_holds_the_whole_story(trained):
+    client = mlflow_client(trained)
+    run_id = read_json(trained / "models" / "gan" / "mlflow_run.json")["run_id"]
+    run = client.get_run(run_id)
+    assert run.info.run_name == "gan"
+    assert run.data.params["model.lr"] == "0.0002"
+    assert run.data.tags["family"] == "gan" and run.data.tags["ray_workers"] == "2"
+    for tag in ("git_commit", "data_checksum", "seed", "version.torch", "dvc_stage"):
+        assert tag in run.data.tags
+    history = client.get_metric_history(run_id, "train/loss_d")
+    assert len(history) >= 2 and len({m.step for m in history}) == len(history)
+    images = [a.path for a in client.list_artifacts(run_id, "images")]
+    assert sum("samples" in p and p.endswith(".png") for p in images) >= 2  # one grid per epoch
+    assert any("final_samples" in p for p in images)  # the sample stage added to the same run
+    assert [a.path for a in client.list_artifacts(run_id, "checkpoints")] == ["checkpoints/checkpoint.pt"]
+    models = client.search_logged_models(experiment_ids=[run.info.experiment_id])
+    assert any(m.source_run_id == run_id for m in models)
+    for key in ("eval/fid", "eval/kid", "eval/precision", "eval/recall", "eval/ceiling_fid"):
+        assert key in run.data.metrics  # the evaluate stage added to the same run
+    vae_run = read_json(trained / "models" / "vae" / "mlflow_run.json")["run_id"]
+    assert client.get_run(vae_run).info.experiment_id == run.info.experiment_id
+    assert client.get_experiment(run.info.experiment_id).name == "genmodels-smoke-synthetic"
+
+
+def test_metrics_file_is_finite_and_sits_between_floor_and_ceiling(trained):
+    metrics = read_json(trained / "metrics" / "gan.json")
+    for key in ("fid", "fid_std", "kid", "precision", "recall", "floor_fid", "ceiling_fid"):
+        assert np.isfinite(metrics[key]), key
+    assert metrics["floor_fid"] < metrics["ceiling_fid"]
+    assert metrics["extractor_checksum"] == read_json(trained / "metrics" / "evaluator.json")["extractor_checksum"]
+
+
+def test_samples_do_not_depend_on_worker_count(trained, ray_address):
+    two = np.load(trained / "samples" / "gan" / "samples.npz")
+    run_stage(trained, "sample", "--model", "gan", "--set", "ray.num_workers=1", "--out", "samples/gan-1w",
+              env={"RAY_ADDRESS": ray_address})
+    one = np.load(trained / "samples" / "gan-1w" / "samples.npz")
+    assert two["images"].shape == (200, 1, 28, 28) and two["images"].dtype == np.uint8
+    np.testing.assert_array_equal(one["images"], two["images"])
+    np.testing.assert_array_equal(one["labels"], np.arange(200) % 10)
+
+
+def test_worker_fault_is_survived_through_failure_config(tmp_path, ray_address):
+    project = make_project(tmp_path / "p")
+    marker = tmp_path / "fault-fired"
+    env = {"RAY_ADDRESS": ray_address, "GENMODELS_FAULT_AT_STEP": "6", "GENMODELS_FAULT_MARKER": str(marker)}
+    run_stage(project, "train", "--model", "gan", "--set", "train.gan.log_every=2", env=env)
+    assert marker.read_text() == "6"  # the fault really fired, in epoch 2 (4 steps an epoch)
+    workers = read_json(project / "models" / "gan" / "workers.json")
+    assert {w["step"] for w in workers} == {8}  # finished from the epoch-1 checkpoint, not from 0
+
+
+def test_interrupted_stage_resumes_to_the_uninterrupted_weights(tmp_path, ray_address):
+    env = {"RAY_ADDRESS": ray_address}
+    settings = ["--model", "vae", "--set", "ray.max_failures=0", "--set", "train.vae.log_every=2"]
+    reference = make_project(tmp_path / "reference")
+    run_stage(reference, "train", *settings, env=env)
+
+    project = make_project(tmp_path / "interrupted")
+    marker = tmp_path / "fault-fired"
+    failed = run_stage(project, "train", *settings, check=False,
+                       env={**env, "GENMODELS_FAULT_AT_STEP": "6", "GENMODELS_FAULT_MARKER": str(marker)})
+    assert failed.returncode != 0 and marker.exists()
+    assert not (project / "models" / "vae").exists()  # no half output for DVC to cache
+    resumed = run_stage(project, "train", *settings, env=env)
+    assert "resumed from epoch 1" in resumed.stderr + resumed.stdout
+    want = read_json(reference / "models" / "vae" / "workers.json")[0]["weights"]
+    assert read_json(project / "models" / "vae" / "workers.json")[0]["weights"] == want
+
+
+def test_unreachable_tracking_server_fails_before_training(tmp_path, ray_address):
+    project = make_project(tmp_path / "p")
+    run = run_stage(project, "train", "--model", "gan", check=False,
+                    env={"RAY_ADDRESS": ray_address, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+    assert run.returncode == 1
+    assert "http://127.0.0.1:9" in run.stderr and "unreachable" in run.stderr
+    assert not (project / "ray_results").exists()  # no Ray job was started
+
+
+def test_two_nodes_one_worker_each(tmp_path):
+    with ray_node(tmp_path, num_cpus=1) as head, ray_node(tmp_path, num_cpus=1, head_address=head, node_ip=WORKER_IP):
+        project = make_project(tmp_path / "p", {"ray": {"placement_strategy": "SPREAD"}})
+        run_stage(project, "train", "--model", "gan", env={"RAY_ADDRESS": head})
+    workers = read_json(project / "models" / "gan" / "workers.json")
+    assert len({w["node"] for w in workers}) == 2
+    assert workers[0]["weights"] == workers[1]["weights"]
