@@ -34,10 +34,10 @@ setup: venv
 	  dpkg -s dataset-fashion-mnist postgresql chromium >/dev/null 2>&1 || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist postgresql chromium >/dev/null; }; \
 	else echo "setup: not root or no apt-get: skipping system packages (fetch will download)"; fi
-	@test -d .dvc || $(VENV)/bin/dvc init -q 2>/dev/null || true
 
+# One local Ray head for the whole run: every stage attaches to it instead of starting its own.
 run: setup
-	$(VENV)/bin/dvc repro
+	$(PY) infra/local/with-ray -- $(VENV)/bin/dvc repro
 
 test: setup
 	$(VENV)/bin/pytest

@@ -129,8 +129,8 @@ class DCGANConfig(TrainBase):
 
     family: Literal["dcgan"] = "dcgan"
     latent_dim: PositiveInt = 64
-    g_channels: PositiveInt = 64
-    d_channels: PositiveInt = 64
+    g_channels: PositiveInt = 32
+    d_channels: PositiveInt = 32
 
 
 class VAEConfig(TrainBase):
@@ -141,7 +141,7 @@ class VAEConfig(TrainBase):
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
     architecture: Literal["mlp", "conv"] = "conv"
     latent_dim: PositiveInt = 16
-    hidden_dim: PositiveInt = 64
+    hidden_dim: PositiveInt = 32
     kl_weight: PositiveFloat = 1.0
 
 
@@ -150,7 +150,8 @@ class DDPMConfig(TrainBase):
 
     family: Literal["ddpm"] = "ddpm"
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
-    base_channels: PositiveInt = 32
+    lr: PositiveFloat = 1e-3
+    base_channels: PositiveInt = 16
     channel_mults: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 2])
     num_res_blocks: PositiveInt = 1
     attention: bool = True
@@ -161,9 +162,9 @@ class DDPMConfig(TrainBase):
     ema_decay: float = Field(0.999, ge=0, lt=1)
     conditional: bool = False
     cond_drop_prob: float = Field(0.1, ge=0, lt=1)
-    guidance_scale: NonNegativeFloat = 2.0
+    guidance_scale: NonNegativeFloat = Field(1.0, description="w in eps_c + w (eps_c - eps_u); 0 = no guidance")
     sampler: Literal["ancestral", "ddim"] = "ddim"
-    sample_steps: PositiveInt = 50
+    sample_steps: PositiveInt = 25
     ddim_eta: NonNegativeFloat = 0.0
 
     @model_validator(mode="after")

@@ -58,7 +58,7 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
         return
     try:
         client(uri).search_experiments(max_results=1)
-    except Exception as exc:  # noqa: BLE001 - any store error means "cannot track"
+    except Exception as exc:  # any store error means "cannot track"
         raise TrackingError(f"MLflow tracking store {uri} cannot be used: {exc}") from None
 
 
@@ -199,10 +199,12 @@ class RunLogger:
                 pending.append((item[1], item[2], item[3]))
             elif kind == "image":
                 _, image, key, step = item
-                self._guard(lambda: self._client.log_image(self.run_id, image, key=key, step=step), f"log_image {key}")
+                self._guard(lambda i=image, k=key, s=step: self._client.log_image(self.run_id, i, key=k, step=s),
+                            f"log_image {key}")
             elif kind == "artifact":
                 _, path, artifact_path = item
-                self._guard(lambda: self._client.log_artifact(self.run_id, path, artifact_path), f"log_artifact {path}")
+                self._guard(lambda p=path, a=artifact_path: self._client.log_artifact(self.run_id, p, a),
+                            f"log_artifact {path}")
             self._queue.task_done()
         if pending:
             self._send_metrics(pending)

@@ -8,7 +8,10 @@ and to the model's MLflow run as ``eval/*``, beside the floor and ceiling rows.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +50,8 @@ def main() -> None:
     images, labels = generated["images"][: ecfg.num_samples], generated["labels"][: ecfg.num_samples]
     sets = {"samples": images, "ceiling": np.load(samples_dir / "ceiling.npz")["images"]}
     job = {"checkpoint": evaluator_blob, "image_sets": sets, "batch_size": ecfg.batch_size}
-    key = {"name": name, "n": len(images), "sha": [float(images.mean()), float(sets["ceiling"].mean())]}
+    key = {"name": name, "samples": hashlib.sha256(images.tobytes()).hexdigest(),
+           "ceiling": hashlib.sha256(sets["ceiling"].tobytes()).hexdigest()}
     result = run_job(features_job, job, cfg=cfg.ray, plain=args.plain, name=run_name(f"features-{name}", key))
     features = {set_name: merge_chunks(result / set_name) for set_name in sets}
     shutil.rmtree(result, ignore_errors=True)
@@ -70,7 +74,7 @@ def main() -> None:
     c = tracking.client(uri)
     from mlflow.entities import Metric
 
-    now = int(__import__("time").time() * 1000)
+    now = int(time.time() * 1000)
     c.log_batch(run["run_id"], metrics=[Metric(f"eval/{k}", float(v), now, 0) for k, v in out.items()
                                         if isinstance(v, (int, float)) and not isinstance(v, bool)])
     c.set_tag(run["run_id"], "extractor_checksum", str(out["extractor_checksum"]))
@@ -97,8 +101,6 @@ def _held_out(model, data_dir: str, seed: int) -> dict[str, float]:
 
 
 def _read_json(path: Path) -> dict:
-    import json
-
     return json.loads(path.read_text()) if path.exists() else {}
 
 

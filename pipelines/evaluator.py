@@ -9,7 +9,6 @@ reference.npz, mlflow_run.json) and ``metrics/evaluator.json``.
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 

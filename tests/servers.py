@@ -362,7 +362,8 @@ WORKER_IP = "127.0.0.3"
 
 
 @contextmanager
-def ray_node(workdir: Path, num_cpus: int, head_address: str | None = None, node_ip: str = HEAD_IP) -> Iterator[str]:
+def ray_node(workdir: Path, num_cpus: int, head_address: str | None = None, node_ip: str = HEAD_IP,
+             env: dict[str, str] | None = None) -> Iterator[str]:
     """A Ray node in the foreground (``ray start --block``) that we stop ourselves.
 
     ``ray stop`` would stop every Ray process of this user; here exactly what this context
@@ -375,12 +376,14 @@ def ray_node(workdir: Path, num_cpus: int, head_address: str | None = None, node
         node_ip: the node's address. Each node gets its own loopback address (127.0.0.2, 127.0.0.3, ...):
             Ray rewrites "127.0.0.1" to the machine's network address, the others it leaves alone, so
             all traffic stays on loopback. Drivers pass ``RAY_NODE_IP_ADDRESS=HEAD_IP``.
+        env: extra environment for the node; its workers inherit it. This is how secrets (S3 keys
+            for ``s3://`` checkpoint storage) reach workers: never through runtime_env, which Ray logs.
 
     Yields:
         The head's address ``127.0.0.1:PORT``.
     """
     ray = find_tool("ray")
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
+    env = {**os.environ, **(env or {}), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
     if head_address is None:
         port = free_port()
         address = f"{node_ip}:{port}"

@@ -309,7 +309,7 @@ def run_stage(*args: str) -> subprocess.CompletedProcess:
 def test_stage_cli(tmp_path: Path) -> None:
     params = tmp_path / "params.yaml"
     params.write_text(
-        "models: [gan]\ntrain: {gan: {family: gan}}\n"
+        "train: {gan: {family: gan}}\n"
         "data: {source: synthetic, synthetic_train_size: 120, synthetic_test_size: 40}\n"
     )
     out = tmp_path / "prepared"

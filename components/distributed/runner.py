@@ -38,9 +38,11 @@ def connect(cfg: RayConfig) -> float:
         "env_vars": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
     }
     address = os.environ.get("RAY_ADDRESS") or cfg.address
+    # The driver's own node address: a local instance stays on loopback; RAY_NODE_IP_ADDRESS names
+    # it when joining a cluster whose head binds a loopback address (tests, infra/local/with-ray).
+    node_ip = os.environ.get("RAY_NODE_IP_ADDRESS") or (None if address else "127.0.0.1")
     common = {"runtime_env": runtime_env, "log_to_driver": True, "logging_level": "warning",
-              # a single-machine cluster may bind loopback only: the driver must look for it there
-              "_node_ip_address": os.environ.get("RAY_NODE_IP_ADDRESS", "127.0.0.1" if not address else None)}
+              "_node_ip_address": node_ip}
     if address:
         ray.init(address=address, **common)
     else:
@@ -57,10 +59,52 @@ def run_name(prefix: str, payload: dict[str, Any]) -> str:
     return f"{prefix}-{digest}"
 
 
+class StorageError(RuntimeError):
+    """Remote checkpoint storage (``ray.storage_path = s3://...``) cannot be used."""
+
+
 def storage_root(storage_path: str) -> str:
+    """An absolute local folder, or the URI unchanged (``s3://bucket/prefix``)."""
     if "://" in storage_path:
         return storage_path
     return str(Path(storage_path).resolve())  # relative to the stage's folder (DVC runs stages in the repo root)
+
+
+def remote_fs(uri: str) -> tuple[Any, str]:
+    """pyarrow's filesystem for ``uri`` and the path on it, resolved as Ray Train resolves it.
+
+    pyarrow (>= 15) reads ``AWS_ENDPOINT_URL``, ``AWS_DEFAULT_REGION`` and the key variables
+    itself, so Ray's default resolution reaches a non-AWS S3 server (SeaweedFS, MinIO) without
+    an explicit ``storage_filesystem``; keys never pass through our code or Ray's config.
+    """
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSystem.from_uri(uri)
+
+
+def check_storage(storage: str) -> None:
+    """Fail before any Ray work when remote storage cannot be listed or written.
+
+    Args:
+        storage: ``storage_root``'s result; local folders are not checked.
+
+    Raises:
+        StorageError: one line naming the URI (bucket missing, wrong keys, endpoint down).
+    """
+    if "://" not in storage:
+        return
+    import pyarrow.fs
+
+    try:
+        fs, path = remote_fs(storage)
+        fs.create_dir(path)  # S3: an empty "prefix/" marker; fails on a missing bucket or a refused write
+        fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+    except (OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StorageError(
+            f"checkpoint storage {storage} cannot be used ({reason}); check that the bucket exists and that "
+            "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for a non-AWS S3) are right"
+        ) from None
 
 
 def _ray_entry(job: dict[str, Any], *, body: Callable[[dict[str, Any], Any], Any]) -> None:
@@ -102,6 +146,7 @@ def run_job(body: Callable[[dict[str, Any], Any], Any], job: dict[str, Any], *, 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    check_storage(storage)  # before connecting: a wrong key must not cost a cluster start
     connect(cfg)
     trainer = TorchTrainer(
         functools.partial(_ray_entry, body=body),
@@ -127,9 +172,7 @@ def delete_run(storage: str, name: str) -> None:
     if "://" not in storage:
         shutil.rmtree(Path(storage) / name, ignore_errors=True)
         return
-    import pyarrow.fs
-
-    fs, path = pyarrow.fs.FileSystem.from_uri(storage.rstrip("/") + "/" + name)
+    fs, path = remote_fs(storage.rstrip("/") + "/" + name)
     try:
         fs.delete_dir(path)
     except OSError:

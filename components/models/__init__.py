@@ -9,7 +9,7 @@ import importlib
 
 import torch
 
-from components.models.base import DataSpec, GenerativeModel, TrainableModel
+from components.models.base import DataSpec, TrainableModel
 
 #: family tag -> (module, class name); modules are imported on first use.
 REGISTRY: dict[str, tuple[str, str]] = {

@@ -68,9 +68,9 @@ def configure_runtime(model: TrainableModel, precision: str = "fp32", channels_l
         for net in model.networks().values():
             net.to(memory_format=torch.channels_last)
     if compile_mode != "off":
-        import torch._dynamo
+        from torch import _dynamo
 
-        torch._dynamo.config.suppress_errors = True
+        _dynamo.config.suppress_errors = True
         mode = None if compile_mode == "default" else compile_mode
         model.wrap_networks(lambda net: torch.compile(net, mode=mode))
 

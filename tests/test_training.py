@@ -1,0 +1,112 @@
+"""The plain loop, the loader and checkpoints: no Ray, no MLflow."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from components.config import GANConfig, VAEConfig
+from components.data.loader import TensorLoader
+from components.distributed.jobs import train_job
+from components.distributed.session import LocalSession
+from components.models import build_model
+from components.models.base import DataSpec
+from components.training.callbacks import LocalCheckpoint
+from components.training.checkpoint import load_checkpoint, model_from_checkpoint, weights_digest
+from components.training.loop import Callback, NonFiniteLossError, fit
+
+SPEC = DataSpec()
+
+
+def data(n: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(n, 1, 28, 28), dtype=np.uint8), rng.integers(0, 10, size=n)
+
+
+def test_loader_shards_are_disjoint_cover_and_reshuffle():
+    images, labels = data(100)
+    shards = [TensorLoader(images, labels, batch_size=10, seed=3, rank=r, world_size=2).shard_indices()
+              for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) == 50
+    assert set(shards[0].tolist()).isdisjoint(shards[1].tolist())
+    assert set(shards[0].tolist()) | set(shards[1].tolist()) == set(range(100))
+    loader = TensorLoader(images, labels, batch_size=10, seed=3)
+    first = loader.shard_indices()
+    loader.set_epoch(1)
+    assert not torch.equal(first, loader.shard_indices())
+    batch, batch_labels = next(iter(loader))
+    assert batch.dtype == torch.float32 and batch.shape == (10, 1, 28, 28)
+    assert batch.min() >= -1 and batch.max() <= 1 and batch_labels.dtype == torch.int64
+
+
+def test_uneven_shards_are_padded_so_ranks_run_equal_steps():
+    images, labels = data(101)
+    loaders = [TensorLoader(images, labels, batch_size=10, rank=r, world_size=2) for r in range(2)]
+    assert [len(list(loader)) for loader in loaders] == [5, 5]
+
+
+class Poison(Callback):
+    """Makes the generator's weights NaN after the first epoch."""
+
+    def on_epoch_end(self, model, stats):
+        if stats.epoch == 0:
+            with torch.no_grad():
+                for p in model.net("generator").parameters():
+                    p.fill_(math.nan)
+
+
+def test_nan_guard_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path):
+    images, labels = data()
+    model = build_model(GANConfig(epochs=3, batch_size=64, hidden_dim=16, latent_dim=8), SPEC)
+    loader = TensorLoader(images, labels, batch_size=64)
+    saver = LocalCheckpoint(tmp_path, "gan", every=1, epochs=3)
+    with pytest.raises(NonFiniteLossError, match="non-finite loss"):
+        fit(model, loader, epochs=3, seed=0, log_every=2, callbacks=[saver, Poison()])
+    payload = load_checkpoint(tmp_path)
+    assert payload["epoch"] == 1  # epoch 1's checkpoint, written before the poison
+    restored = model_from_checkpoint(payload)
+    assert all(torch.isfinite(p).all() for net in restored.networks().values() for p in net.parameters())
+
+
+def job(epochs: int) -> dict:
+    images, labels = data(192)
+    config = VAEConfig(epochs=epochs, batch_size=64, hidden_dim=8, latent_dim=4, log_every=1)
+    return {"name": "vae", "config": config.model_dump(mode="json"), "spec": SPEC.to_dict(),
+            "images": images, "labels": labels, "progress": False}
+
+
+def test_plain_train_job_resumes_to_the_uninterrupted_weights(tmp_path):
+    uninterrupted = LocalSession(tmp_path / "a", device="cpu")
+    train_job(job(epochs=3), uninterrupted)
+    interrupted = LocalSession(tmp_path / "b", device="cpu")
+    train_job(job(epochs=2), interrupted)  # stops after epoch 2, as if killed there
+    history = train_job(job(epochs=3), interrupted)  # re-run: resumes from the epoch-2 checkpoint
+    assert [s.epoch for s in history] == [2]
+    with uninterrupted.latest_checkpoint() as a, interrupted.latest_checkpoint() as b:
+        want, got = model_from_checkpoint(load_checkpoint(a)), model_from_checkpoint(load_checkpoint(b))
+    assert got.step == want.step == 9
+    assert weights_digest(got) == weights_digest(want)
+
+
+def test_same_seed_same_weights_different_seed_different():
+    def train(seed: int) -> str:
+        images, labels = data()
+        model = build_model(GANConfig(seed=seed, batch_size=64, hidden_dim=16, latent_dim=8), SPEC)
+        fit(model, TensorLoader(images, labels, 64, seed=seed), epochs=2, seed=seed, log_every=100)
+        return weights_digest(model)
+
+    assert train(1) == train(1)
+    assert train(1) != train(2)
+
+
+def test_loop_reports_finite_epoch_losses_and_speed():
+    images, labels = data()
+    model = build_model(VAEConfig(batch_size=64, hidden_dim=8, latent_dim=4), SPEC)
+    history = fit(model, TensorLoader(images, labels, 64), epochs=2, seed=0, log_every=2)
+    assert [s.steps for s in history] == [4, 4]
+    assert all(math.isfinite(v) for s in history for v in s.losses.values())
+    assert history[-1].losses["loss"] < history[0].losses["loss"]
+    assert history[0].images_per_s > 0
