@@ -383,7 +383,8 @@ def ray_node(workdir: Path, num_cpus: int, head_address: str | None = None, node
         The head's address ``127.0.0.1:PORT``.
     """
     ray = find_tool("ray")
-    env = {**os.environ, **(env or {}), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
+    env = {**os.environ, **(env or {}), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
+           "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
     if head_address is None:
         port = free_port()
         address = f"{node_ip}:{port}"
@@ -422,7 +423,7 @@ def _wait_for_ray(address: str, proc: subprocess.Popen, expected_cpus: int | Non
     raise TimeoutError(f"Ray node for {address} not ready in 90 s")
 
 
-def _stop_group(proc: subprocess.Popen, grace_s: float = 20) -> None:
+def _stop_group(proc: subprocess.Popen, grace_s: float = 5) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

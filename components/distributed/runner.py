@@ -33,10 +33,11 @@ def connect(cfg: RayConfig) -> float:
     if ray.is_initialized():
         return 0.0
     start = time.perf_counter()
-    runtime_env = {
-        "py_modules": [str(PROJECT_ROOT / "components")],
-        "env_vars": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
-    }
+    runtime_env: dict = {"env_vars": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}}
+    # Ship the library to the workers, unless the cluster already imports it from this checkout
+    # (infra/local/with-ray starts its head with PYTHONPATH set and GENMODELS_SHIP_CODE=0).
+    if os.environ.get("GENMODELS_SHIP_CODE", "1") != "0":
+        runtime_env["py_modules"] = [str(PROJECT_ROOT / "components")]
     address = os.environ.get("RAY_ADDRESS") or cfg.address
     # The driver's own node address: a local instance stays on loopback; RAY_NODE_IP_ADDRESS names
     # it when joining a cluster whose head binds a loopback address (tests, infra/local/with-ray).
@@ -73,9 +74,10 @@ def storage_root(storage_path: str) -> str:
 def remote_fs(uri: str) -> tuple[Any, str]:
     """pyarrow's filesystem for ``uri`` and the path on it, resolved as Ray Train resolves it.
 
-    pyarrow (>= 15) reads ``AWS_ENDPOINT_URL``, ``AWS_DEFAULT_REGION`` and the key variables
-    itself, so Ray's default resolution reaches a non-AWS S3 server (SeaweedFS, MinIO) without
-    an explicit ``storage_filesystem``; keys never pass through our code or Ray's config.
+    pyarrow (25, checked in tests/test_team_stack.py) reads ``AWS_ENDPOINT_URL`` (not the
+    service-specific ``AWS_ENDPOINT_URL_S3``), ``AWS_DEFAULT_REGION`` and the key variables itself,
+    so Ray's default resolution reaches a non-AWS S3 server (SeaweedFS, MinIO) without an explicit
+    ``storage_filesystem``, and keys never pass through our code or Ray's config.
     """
     import pyarrow.fs
 
