@@ -82,6 +82,14 @@ def _check_finite(values: dict[str, float], step: int) -> None:
                                  "(the last good checkpoint is kept)")
 
 
+def _same_keys(keys: list[str], losses: dict[str, Tensor]) -> list[str]:
+    """The loss names, checked at each window start: the stacked sums rely on a fixed set and order."""
+    names = list(losses)
+    if keys and names != keys:
+        raise ValueError(f"train_step returned losses {names} after {keys}: the set of losses must not change")
+    return names
+
+
 def fit(
     model: TrainableModel,
     loader: TensorLoader,
@@ -109,29 +117,37 @@ def fit(
         loader.set_epoch(epoch)
         model.reseed(seed, rank, epoch)
         model.train()
-        epoch_sums: dict[str, Tensor] = {}
-        window_sums: dict[str, Tensor] = {}
+        # Loss sums stay on the device as one (K,) tensor per window: two small ops a step
+        # whatever K is, and one host transfer per log (not one per loss).
+        keys: list[str] = []
+        window: Tensor | None = None  # sums since the last log
+        epoch_sum: Tensor | None = None  # sums of the epoch's finished windows
         window_steps, steps = 0, 0
         start = time.perf_counter()
         for images, labels in loader:
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             losses = model.train_step(images, labels)
-            for key, value in losses.items():  # device-side sums: no sync
-                epoch_sums[key] = epoch_sums.get(key, 0) + value.detach().float()
-                window_sums[key] = window_sums.get(key, 0) + value.detach().float()
+            values = torch.stack([v.detach().float() for v in losses.values()])  # (K,), no sync
+            if window is None:
+                window, keys = values, _same_keys(keys, losses)
+            else:
+                window.add_(values)
             steps += 1
             window_steps += 1
             if model.step % log_every == 0:
-                means = {k: float(v) / window_steps for k, v in window_sums.items()}
+                means = dict(zip(keys, (window / window_steps).tolist(), strict=True))
                 _check_finite(means, model.step)
                 for cb in callbacks:
                     cb.on_log(model, model.step, means)
-                window_sums, window_steps = {}, 0
+                epoch_sum = window if epoch_sum is None else epoch_sum.add_(window)
+                window, window_steps = None, 0
+        if window is not None:
+            epoch_sum = window if epoch_sum is None else epoch_sum.add_(window)
         if model.device.type == "cuda":
             torch.cuda.synchronize(model.device)
         seconds = time.perf_counter() - start
-        means = {k: float(v) / max(steps, 1) for k, v in epoch_sums.items()}
+        means = {} if epoch_sum is None else dict(zip(keys, (epoch_sum / max(steps, 1)).tolist(), strict=True))
         _check_finite(means, model.step)
         stats = EpochStats(epoch=epoch, steps=steps, images=steps * loader.batch_size, seconds=seconds, losses=means)
         history.append(stats)
