@@ -1,0 +1,1 @@
+"""Speed benchmarks: ``python -m benchmarks.train_speed`` and ``python -m benchmarks.sample_speed``."""

@@ -1,0 +1,139 @@
+"""The speed benchmarks run end to end in --quick mode and report numbers (never checked for value)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.common import FAMILIES
+from benchmarks.train_speed import fuse_optimizers, parse_candidate
+from components.config import GANConfig
+from components.data.loader import TensorLoader
+from components.models import build_model
+from components.models.base import DataSpec, TrainableModel
+from components.training.loop import Callback, fit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_quick(module: str, *args: str) -> dict:
+    """Run ``python -m module --quick`` on one CPU thread; the last stdout line is the JSON result."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+    for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):  # the benchmark starts and uses its own
+        env.pop(name, None)
+    run = subprocess.run([sys.executable, "-m", module, "--quick", "--device", "cpu", "--threads", "1", *args],
+                         check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, f"{module} failed:\n{run.stdout[-3000:]}\n{run.stderr[-5000:]}"
+    lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
+    assert lines, f"no JSON line in the output:\n{run.stdout[-3000:]}"
+    assert "| family" in run.stdout  # the Markdown table was printed too
+    return json.loads(lines[-1])
+
+
+def positive(value: object) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+@pytest.mark.slow
+def test_train_speed_quick_reports_every_variant_for_every_family():
+    result = run_quick("benchmarks.train_speed")
+    assert result["benchmark"] == "train_speed" and result["device"] == "cpu" and result["threads"] == 1
+    assert set(result["families"]) == set(FAMILIES)
+    stage = importlib.util.find_spec("ray") is not None and importlib.util.find_spec("mlflow") is not None
+    for family, row in result["families"].items():
+        for key in ("a", "b", "b_over_a", "b_over_a_cpu_time"):
+            assert positive(row[key]), (family, key, row[key])
+        assert row["b_settings"] == "fp32"  # the CPU default candidate
+        assert len(row["a_rates"]) == result["repeats"]  # the warm-up epoch is not among the rates
+        if stage:
+            for key in ("c", "c_over_b", "c_stage_overhead_s", "c_wall_s"):
+                assert positive(row[key]), (family, key, row[key])
+            assert len(row["c_rates"]) == result["repeats"]  # epochs 2.. of the run's history
+    if stage:
+        assert result["ray_worker_threads"] == 1  # (c) ran with the threads (a) and (b) had
+
+
+def test_sample_speed_quick_reports_every_family_and_the_ddpm_tradeoff():
+    result = run_quick("benchmarks.sample_speed")
+    assert set(result["families"]) == set(FAMILIES)
+    for family, row in result["families"].items():
+        assert positive(row["images_per_s"]), family
+    trade = result["ddpm_tradeoff"]
+    assert list(trade["samplers"]) == [f"ancestral-{trade['timesteps']}", "ddim-20", "ddim-5"]
+    for name, row in trade["samplers"].items():
+        assert positive(row["images_per_s"]) and math.isfinite(row["fid"]) and row["fid"] > -1e-6, name
+    assert math.isfinite(trade["floor_fid"]) and 0 <= trade["classifier_accuracy"] <= 1
+
+
+def test_candidates_map_to_config_fields():
+    assert parse_candidate("fp32") == {"precision": "fp32", "compile": "off"}
+    assert parse_candidate("bf16+compile") == {"precision": "bf16", "compile": "default"}
+    assert parse_candidate("bf16+cudagraphs") == {"precision": "bf16", "compile": "reduce-overhead"}
+    with pytest.raises(SystemExit, match="unknown candidate"):
+        parse_candidate("fp16")
+
+
+def test_fuse_optimizers_keeps_hyperparameters():
+    model = build_model(GANConfig(hidden_dim=8, latent_dim=4, lr=3e-4, betas=(0.5, 0.9)), DataSpec())
+    before = {n: [p for g in o.param_groups for p in g["params"]] for n, o in model.optimizers.items()}
+    fuse_optimizers(model)
+    for name, opt in model.optimizers.items():
+        assert opt.defaults["fused"] and opt.defaults["lr"] == 3e-4 and opt.defaults["betas"] == (0.5, 0.9)
+        assert [id(p) for g in opt.param_groups for p in g["params"]] == [id(p) for p in before[name]]
+
+
+class Scripted(TrainableModel):
+    """Returns losses ``a = step`` and ``b = 2 * step``, so the loop's means can be checked exactly.
+
+    Args:
+        drop_b_at: from this step on only ``a`` is returned (a model breaking the loop's contract).
+    """
+
+    family = "scripted"
+    network_names = ()
+
+    def __init__(self, drop_b_at: int | None = None):
+        super().__init__(GANConfig(), DataSpec(), "cpu")
+        self.drop_b_at = drop_b_at
+
+    def train_step(self, images, labels):
+        self.step += 1
+        value = torch.tensor(float(self.step))
+        if self.drop_b_at is not None and self.step >= self.drop_b_at:
+            return {"a": value}
+        return {"a": value, "b": 2 * value}
+
+
+class Logged(Callback):
+    def __init__(self):
+        self.logs = []
+
+    def on_log(self, model, step, losses):
+        self.logs.append((step, losses))
+
+
+def test_loop_means_per_log_window_and_epoch_are_exact():
+    """The loop keeps loss sums as one device tensor (a speed change made with the benchmark)."""
+    images, labels = np.zeros((12, 1, 28, 28), np.uint8), np.zeros(12, np.int64)
+    logged = Logged()
+    history = fit(Scripted(), TensorLoader(images, labels, batch_size=4), epochs=2, seed=0, log_every=2,
+                  callbacks=[logged])
+    # steps 1..6, three an epoch; windows restart with each epoch: logs at step 2 over (1, 2),
+    # at step 4 over (4,) alone (step 3 ended epoch 1), at step 6 over (5, 6)
+    assert logged.logs == [(2, {"a": 1.5, "b": 3.0}), (4, {"a": 4.0, "b": 8.0}), (6, {"a": 5.5, "b": 11.0})]
+    assert [h.losses for h in history] == [{"a": 2.0, "b": 4.0}, {"a": 5.0, "b": 10.0}]
+
+
+def test_loop_refuses_a_changing_set_of_losses():
+    images, labels = np.zeros((16, 1, 28, 28), np.uint8), np.zeros(16, np.int64)
+    with pytest.raises(ValueError, match="set of losses must not change"):
+        fit(Scripted(drop_b_at=3), TensorLoader(images, labels, batch_size=2), epochs=1, seed=0, log_every=2)
