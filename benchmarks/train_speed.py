@@ -156,23 +156,28 @@ def _torch_threads() -> int:
 
 
 def stage_speed(cfg: Any, spec: DataSpec, images: np.ndarray, labels: np.ndarray, device: torch.device,
-                threads: int, folder: Path) -> dict[str, Any]:
-    """Train through ``run_job(train_job, ...)`` with MLflow tracking; rates from the run's history."""
+                threads: int, folder: Path, plain: bool = False, track: bool = True) -> dict[str, Any]:
+    """Train through ``run_job(train_job, ...)`` with MLflow tracking; rates from the run's history.
+
+    ``plain`` runs the job in this process instead of on Ray; ``track=False`` leaves MLflow out
+    (both only for ``stage_overhead``'s breakdown).
+    """
     from components import tracking
     from components.config import MlflowConfig, RayConfig
     from components.distributed.jobs import HISTORY_FILE, train_job
     from components.distributed.runner import run_job
 
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    run_id = tracking.start_run(uri, "benchmarks", cfg.family, {"benchmark": "train_speed"},
-                                {"batch_size": cfg.batch_size, "threads": threads})
     job = {"name": cfg.family, "config": cfg.model_dump(mode="json"), "spec": spec.to_dict(), "images": images,
-           "labels": labels, "grid_seed": 0,
-           "tracking": {"uri": uri, "run_id": run_id, "system_metrics": MlflowConfig().log_system_metrics}}
+           "labels": labels, "grid_seed": 0}
+    if track:
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+        run_id = tracking.start_run(uri, "benchmarks", cfg.family, {"benchmark": "train_speed"},
+                                    {"batch_size": cfg.batch_size, "threads": threads})
+        job["tracking"] = {"uri": uri, "run_id": run_id, "system_metrics": MlflowConfig().log_system_metrics}
     ray_cfg = RayConfig(num_workers=1, use_gpu=device.type == "cuda", resources_per_worker={"CPU": threads},
                         storage_path=str(folder / "ray_results"), max_failures=0)
     start = time.perf_counter()
-    result = run_job(train_job, job, cfg=ray_cfg, name=f"bench-{cfg.family}-{os.getpid()}")
+    result = run_job(train_job, job, cfg=ray_cfg, name=f"bench-{cfg.family}-{time.time_ns()}", plain=plain)
     wall = time.perf_counter() - start
     try:
         epochs = [row for row in json.loads((result / HISTORY_FILE).read_text()) if "epoch" in row]

@@ -58,7 +58,7 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
         return
     try:
         client(uri).search_experiments(max_results=1)
-    except Exception as exc:  # any store error means "cannot track"
+    except Exception as exc:  # noqa: BLE001 - any store error means "cannot track"
         raise TrackingError(f"MLflow tracking store {uri} cannot be used: {exc}") from None
 
 
@@ -129,7 +129,7 @@ def _retry(fn: Callable[[], Any], what: str, retries: int = 3, backoff_s: float 
         try:
             fn()
             return
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if attempt == retries:
                 raise TrackingError(f"{what} failed after {retries + 1} tries: {exc}") from exc
             time.sleep(backoff_s * 2**attempt)

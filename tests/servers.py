@@ -398,14 +398,14 @@ def ray_node(workdir: Path, num_cpus: int, head_address: str | None = None, node
         cmd = [ray, "start", "--block", f"--address={head_address}", f"--num-cpus={num_cpus}", "--num-gpus=0",
                f"--node-ip-address={node_ip}", f"--node-manager-port={free_port()}",
                f"--object-manager-port={free_port()}", "--disable-usage-stats"]
-    log = open(workdir / f"ray-{'head' if head_address is None else 'worker'}-{time.time_ns()}.log", "wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    log_path = workdir / f"ray-{'head' if head_address is None else 'worker'}-{time.time_ns()}.log"
+    with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         _wait_for_ray(address, proc, expected_cpus=None if head_address is None else num_cpus, env=env)
         yield address
     finally:
         _stop_group(proc)
-        log.close()
         if temp_dir:
             shutil.rmtree(temp_dir, ignore_errors=True)
 
@@ -416,7 +416,7 @@ def _wait_for_ray(address: str, proc: subprocess.Popen, expected_cpus: int | Non
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"ray start exited with {proc.returncode}")
-        out = subprocess.run(status, capture_output=True, text=True, env=env)
+        out = subprocess.run(status, check=False, capture_output=True, text=True, env=env)
         if out.returncode == 0 and (expected_cpus is None or out.stdout.count("node_") >= 2):
             return
         time.sleep(1)

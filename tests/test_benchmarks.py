@@ -137,3 +137,14 @@ def test_loop_refuses_a_changing_set_of_losses():
     images, labels = np.zeros((16, 1, 28, 28), np.uint8), np.zeros(16, np.int64)
     with pytest.raises(ValueError, match="set of losses must not change"):
         fit(Scripted(drop_b_at=3), TensorLoader(images, labels, batch_size=2), epochs=1, seed=0, log_every=2)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs Ray")
+def test_stage_overhead_quick_reports_every_way():
+    result = run_quick("benchmarks.stage_overhead", "--families", "gan")
+    ways = result["families"]["gan"]
+    assert list(ways) == ["fit", "job, no Ray", "Ray task", "Ray Train, no MLflow", "Ray Train + MLflow"]
+    for way, row in ways.items():
+        assert positive(row["images_per_s"]) and len(row["rates"]) == result["repeats"], way
+    assert ways["fit"]["vs_fit"] == 1.0

@@ -118,13 +118,13 @@ def test_missing_profile_overlay_and_bad_yaml(tmp_path):
 
 def test_validate_cli_exit_codes(tmp_path):
     good = write_params(tmp_path, minimal())
-    run = subprocess.run([sys.executable, "-m", "pipelines.validate", str(good)], cwd=ROOT,
+    run = subprocess.run([sys.executable, "-m", "pipelines.validate", str(good)], check=False, cwd=ROOT,
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     bad_params = minimal()
     bad_params["train"]["gan"]["lr"] = -1
     bad = write_params(tmp_path, bad_params)
-    run = subprocess.run([sys.executable, "-m", "pipelines.validate", str(bad)], cwd=ROOT,
+    run = subprocess.run([sys.executable, "-m", "pipelines.validate", str(bad)], check=False, cwd=ROOT,
                          capture_output=True, text=True)
     assert run.returncode == 2
     assert "train.gan.lr: Input should be greater than 0" in run.stderr
