@@ -6,6 +6,7 @@ MLflow is imported inside functions so that models and the loop never need it.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -62,7 +63,9 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
         raise TrackingError(f"MLflow tracking store {uri} cannot be used: {exc}") from None
 
 
+@functools.lru_cache(maxsize=8)
 def client(uri: str):
+    """One client per URI and process (a SQL store checks its schema on every new client)."""
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)

@@ -1,8 +1,8 @@
 """``python -m pipelines.evaluator``: train the in-domain CNN whose embedding all metrics use.
 
-A Ray Train job like any model's; then the real reference features (test split, and a
-same-size class-balanced slice of the training split) are extracted on Ray workers, giving
-the *data floor* row (real train vs real test). Writes ``models/evaluator/`` (checkpoint.pt,
+One Ray Train job trains it like any model and then, on the same workers, extracts the real
+reference features (test split, and a same-size class-balanced slice of the training split),
+giving the *data floor* row (real train vs real test). Writes ``models/evaluator/`` (checkpoint.pt,
 reference.npz, mlflow_run.json) and ``metrics/evaluator.json``.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 from components import tracking
 from components.config import flatten
 from components.data.dataset import DataError, data_checksum, load_meta, load_split, spec_from_meta
-from components.distributed.jobs import features_job, merge_chunks, train_job
+from components.distributed.jobs import evaluator_job, merge_chunks
 from components.distributed.runner import run_job, run_name
 from components.io import atomic_dir, write_json
 from components.metrics.suite import sample_metrics
@@ -45,27 +45,27 @@ def main() -> None:
                           workers=cfg.ray.num_workers, profile=cfg.profile, stage="evaluator"),
         flatten({"model": ecfg.model_dump(mode="json")}))
 
-    key = {"name": "evaluator", "config": ecfg.model_dump(mode="json"), "data": checksum}
+    # the reference sets: the test split and a same-size class-balanced slice of the training split
+    rng = np.random.default_rng(cfg.evaluate.seed)
+    test_n = min(n, len(test.images))
+    train_idx = np.sort(rng.choice(len(train.images), size=min(test_n, len(train.images)), replace=False))
+    sets = {"test": test.images[:test_n], "train": train.images[train_idx]}
+
+    key = {"name": "evaluator", "config": ecfg.model_dump(mode="json"), "data": checksum, "n": test_n}
     job = {**key, "spec": spec.to_dict(), "images": train.images, "labels": train.labels,
-           "tracking": {"uri": uri, "run_id": run_id, "system_metrics": False}}
-    result = run_job(train_job, job, cfg=cfg.ray, name=run_name("train-evaluator", key), plain=args.plain)
-    checkpoint = (result / CHECKPOINT_FILE).read_bytes()
-    shutil.rmtree(result, ignore_errors=True)
+           "tracking": {"uri": uri, "run_id": run_id, "system_metrics": False},
+           "image_sets": sets, "batch_size": cfg.evaluate.batch_size}
+    result = run_job(evaluator_job, job, cfg=cfg.ray, name=run_name("evaluator", key), plain=args.plain)
+    try:
+        checkpoint = (result / CHECKPOINT_FILE).read_bytes()
+        features = {name: merge_chunks(result / name) for name in sets}
+    finally:
+        shutil.rmtree(result, ignore_errors=True)
     classifier = model_from_checkpoint(_payload(checkpoint))
     accuracy = _accuracy(classifier, test.images, test.labels)
     if accuracy < ecfg.min_test_accuracy:
         raise RuntimeError(f"evaluator test accuracy {accuracy:.4f} < evaluator.min_test_accuracy "
                            f"{ecfg.min_test_accuracy}: train it longer (evaluator.epochs) before trusting metrics")
-
-    rng = np.random.default_rng(cfg.evaluate.seed)
-    test_n = min(n, len(test.images))
-    train_idx = np.sort(rng.choice(len(train.images), size=min(test_n, len(train.images)), replace=False))
-    sets = {"test": test.images[:test_n], "train": train.images[train_idx]}
-    feats_job = {"checkpoint": checkpoint, "image_sets": sets, "batch_size": cfg.evaluate.batch_size}
-    result = run_job(features_job, feats_job, cfg=cfg.ray, plain=args.plain,
-                     name=run_name("features-evaluator", {**key, "n": test_n}))
-    features = {name: merge_chunks(result / name) for name in sets}
-    shutil.rmtree(result, ignore_errors=True)
     floor = sample_metrics(features["test"]["features"], features["train"]["features"], cfg.evaluate)
 
     identity = classifier.checksum()

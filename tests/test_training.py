@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +22,7 @@ from components.training.checkpoint import load_checkpoint, model_from_checkpoin
 from components.training.loop import Callback, NonFiniteLossError, fit
 
 SPEC = DataSpec()
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def data(n: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -110,3 +114,25 @@ def test_loop_reports_finite_epoch_losses_and_speed():
     assert all(math.isfinite(v) for s in history for v in s.losses.values())
     assert history[-1].losses["loss"] < history[0].losses["loss"]
     assert history[0].images_per_s > 0
+
+
+def test_sampling_a_loaded_model_builds_no_optimiser():
+    """Optimisers are built on first training use: a sample/evaluate worker skips torch._dynamo's import (~2 s)."""
+    code = """
+import sys, torch
+from components.config import GANConfig
+from components.models import build_model
+from components.models.base import DataSpec
+from components.training.checkpoint import checkpoint_payload, model_from_checkpoint
+spec = DataSpec(channels=1, height=28, width=28, num_classes=10)
+trained = build_model(GANConfig(hidden_dim=8, latent_dim=4), spec)
+payload = checkpoint_payload(trained, name="g", epoch=0)
+model = model_from_checkpoint(payload)
+model.sample(4, generator=torch.Generator().manual_seed(0))
+assert "torch._dynamo" not in sys.modules, "sampling built an optimiser"
+model.train_step(torch.zeros(4, 1, 28, 28), torch.zeros(4, dtype=torch.long))
+assert set(model.optimizers) == {"generator", "discriminator"}
+print("ok")
+"""
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]

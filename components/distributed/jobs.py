@@ -145,6 +145,10 @@ def _start_tracking(job: dict[str, Any]) -> tuple[Any, Any]:
 
 def train_job(job: dict[str, Any], session: Any) -> list[EpochStats]:
     """Train one model: resume from the session's latest checkpoint, wrap for DDP, run ``fit``."""
+    return _train(job, session)[1]
+
+
+def _train(job: dict[str, Any], session: Any) -> tuple[TrainableModel, list[EpochStats]]:
     cfg = model_config_from_dict(job["config"])
     model = build_model(cfg, DataSpec(**job["spec"]), session.device)
     start_epoch = 0
@@ -173,8 +177,9 @@ def train_job(job: dict[str, Any], session: Any) -> list[EpochStats]:
         callbacks.append(ProgressBar(cfg.epochs * len(loader), desc=f"train {job['name']}"))
     callbacks.append(ReportCallback(session, job["name"], cfg.checkpoint_every, cfg.epochs, history))
     try:
-        return fit(model, loader, epochs=cfg.epochs, seed=cfg.seed, start_epoch=start_epoch, rank=session.rank,
-                   log_every=cfg.log_every, channels_last=cfg.channels_last, callbacks=callbacks)
+        stats = fit(model, loader, epochs=cfg.epochs, seed=cfg.seed, start_epoch=start_epoch, rank=session.rank,
+                    log_every=cfg.log_every, channels_last=cfg.channels_last, callbacks=callbacks)
+        return model, stats
     finally:
         if monitor is not None:
             monitor.finish()
@@ -259,20 +264,39 @@ def features_job(job: dict[str, Any], session: Any) -> None:
     Also stores the classifier's predicted label per image (for conditional accuracy).
     """
     model = _model_from_bytes(job["checkpoint"], session.device)
-    model.eval()
+    with tempfile.TemporaryDirectory() as folder:
+        _embed_sets(model, job["image_sets"], job["batch_size"], session, Path(folder))
+        session.report({"sets": len(job["image_sets"])}, Path(folder))
+
+
+def evaluator_job(job: dict[str, Any], session: Any) -> None:
+    """Train the evaluator, then embed ``job["image_sets"]`` with it: one Ray job, one start-up.
+
+    The final checkpoint holds ``checkpoint.pt`` and one folder of feature chunks per set, as
+    ``train_job`` and ``features_job`` would have written them.
+    """
+    model, _ = _train(job, session)
+    epochs = model_config_from_dict(job["config"]).epochs
+    with tempfile.TemporaryDirectory() as folder:
+        if session.rank == 0:
+            save_checkpoint(Path(folder) / CHECKPOINT_FILE, checkpoint_payload(model, name=job["name"], epoch=epochs))
+        _embed_sets(model, job["image_sets"], job["batch_size"], session, Path(folder))
+        session.report({"sets": len(job["image_sets"])}, Path(folder))
+
+
+def _embed_sets(model: TrainableModel, image_sets: dict[str, np.ndarray], batch_size: int, session: Any,
+                folder: Path) -> None:
     from tqdm.auto import tqdm
 
-    with tempfile.TemporaryDirectory() as folder:
-        for set_index, (set_name, images) in enumerate(sorted(job["image_sets"].items())):
-            chunks = chunk_ranges(len(images), job["batch_size"])
-            mine = [(j, r) for j, r in enumerate(chunks) if j % session.world_size == session.rank]
-            out = Path(folder) / set_name
-            out.mkdir()
-            for j, (start, stop) in tqdm(mine, desc=f"features {set_name}", disable=session.rank != 0):
-                batch = torch.as_tensor(images[start:stop], device=session.device).float().div(127.5).sub(1.0)
-                with torch.no_grad():
-                    features = model.embed(batch)
-                    predicted = unwrap(model.net).head(features).argmax(dim=1)
-                _save_array_chunk(out, j, features=features.double().cpu().numpy(),
-                                  predicted=predicted.cpu().numpy())
-        session.report({"sets": len(job["image_sets"])}, Path(folder))
+    model.eval()
+    for set_name, images in sorted(image_sets.items()):
+        chunks = chunk_ranges(len(images), batch_size)
+        mine = [(j, r) for j, r in enumerate(chunks) if j % session.world_size == session.rank]
+        out = folder / set_name
+        out.mkdir()
+        for j, (start, stop) in tqdm(mine, desc=f"features {set_name}", disable=session.rank != 0):
+            batch = torch.as_tensor(images[start:stop], device=session.device).float().div(127.5).sub(1.0)
+            with torch.no_grad():
+                features = model.embed(batch)
+                predicted = unwrap(model.net).head(features).argmax(dim=1)
+            _save_array_chunk(out, j, features=features.double().cpu().numpy(), predicted=predicted.cpu().numpy())

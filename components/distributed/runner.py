@@ -149,6 +149,8 @@ def run_job(body: Callable[[dict[str, Any], Any], Any], job: dict[str, Any], *, 
     from ray.train.torch import TorchTrainer
 
     check_storage(storage)  # before connecting: a wrong key must not cost a cluster start
+    # Read by the driver and passed on to the Train controller it starts; an explicit environment wins.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(cfg.health_check_interval_s))
     connect(cfg)
     trainer = TorchTrainer(
         functools.partial(_ray_entry, body=body),

@@ -57,8 +57,10 @@ def rank_seed(seed: int, rank: int, epoch: int) -> int:
 class TrainableModel(abc.ABC):
     """Networks + optimisers + one optimisation step.
 
-    Subclasses create their networks as attributes named in ``network_names`` and their
-    optimisers in ``self.optimizers`` inside ``__init__``. Randomness inside ``train_step``
+    Subclasses create their networks as attributes named in ``network_names`` inside
+    ``__init__`` and return their optimisers from ``configure_optimizers``, which runs on first
+    use of ``self.optimizers`` (a model only loaded to sample never builds any: creating the
+    first optimiser imports ``torch._dynamo``, ~2 s per process). Randomness inside ``train_step``
     (noise, timesteps, label dropout) must come from ``self.rng`` so that training is
     reproducible and resumable.
 
@@ -81,8 +83,22 @@ class TrainableModel(abc.ABC):
         # NOTE: the step RNG is ``self.rng`` (not ``self.generator``: GANs have a network of that name).
         self.rng = torch.Generator(device=self.device)
         self.rng.manual_seed(config.seed)
-        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self._optimizers: dict[str, torch.optim.Optimizer] | None = None
+        self._pending_optimizer_state: dict[str, Any] = {}  # loaded before the optimisers exist
         self.autocast_dtype: torch.dtype | None = None
+
+    @abc.abstractmethod
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The optimisers by name (usually ``make_adam`` per network); called once, on first use."""
+
+    @property
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        if self._optimizers is None:
+            self._optimizers = self.configure_optimizers()
+            for name, state in self._pending_optimizer_state.items():
+                self._optimizers[name].load_state_dict(state)
+            self._pending_optimizer_state = {}
+        return self._optimizers
 
     # ---- the step -------------------------------------------------------------------
     @abc.abstractmethod
@@ -157,7 +173,8 @@ class TrainableModel(abc.ABC):
         """Whole training state; tensors and plain data only (``weights_only`` loadable)."""
         return {
             "networks": {n: m.state_dict() for n, m in self.networks().items()},
-            "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+            # none built yet (never stepped): nothing to save, a fresh optimiser is the same state
+            "optimizers": {n: o.state_dict() for n, o in (self._optimizers or {}).items()},
             "step": self.step,
             "rng": self.rng.get_state(),
             "extra": self.extra_state(),
@@ -166,8 +183,11 @@ class TrainableModel(abc.ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name, module in self.networks().items():
             module.load_state_dict(state["networks"][name])
-        for name, opt in self.optimizers.items():
-            opt.load_state_dict(state["optimizers"][name])
+        if self._optimizers is None:
+            self._pending_optimizer_state = dict(state["optimizers"])
+        else:
+            for name, opt_state in state["optimizers"].items():
+                self._optimizers[name].load_state_dict(opt_state)
         self.step = int(state["step"])
         self.rng.set_state(state["rng"].cpu())
         self.load_extra_state(state.get("extra", {}))

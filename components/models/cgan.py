@@ -110,10 +110,9 @@ class CGAN(GenerativeModel):
             )
         self.generator: nn.Module = generator.to(self.device)
         self.discriminator: nn.Module = discriminator.to(self.device)
-        self.optimizers = {
-            "generator": self.make_adam(self.generator),
-            "discriminator": self.make_adam(self.discriminator),
-        }
+
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"generator": self.make_adam(self.generator), "discriminator": self.make_adam(self.discriminator)}
 
     def train_step(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
         """One discriminator step, then one generator step, on the same fake batch.

@@ -147,7 +147,9 @@ class Classifier(TrainableModel):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.net: nn.Module = ClassifierNet(spec, config.width, config.feature_dim).to(self.device)
-        self.optimizers["net"] = self.make_adam(self.net)
+
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"net": self.make_adam(self.net)}
 
     def train_step(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
         """One Adam step on a batch.

@@ -344,7 +344,9 @@ class DDPM(GenerativeModel):
         self.ema: nn.Module = copy.deepcopy(denoiser).requires_grad_(False).eval().to(self.device)
         self.schedule = NoiseSchedule(config.timesteps, config.schedule, config.beta_start, config.beta_end)
         self.schedule.to(self.device)
-        self.optimizers = {"denoiser": self.make_adam(self.denoiser)}
+
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"denoiser": self.make_adam(self.denoiser)}
 
     @property
     def is_conditional(self) -> bool:

@@ -157,7 +157,9 @@ class VAE(GenerativeModel):
             encoder, decoder = build_networks(config.architecture, spec, config.hidden_dim, config.latent_dim)
         self.encoder: nn.Module = encoder.to(self.device)
         self.decoder: nn.Module = decoder.to(self.device)
-        self.optimizers = {"vae": self.make_adam(self.encoder, self.decoder)}
+
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"vae": self.make_adam(self.encoder, self.decoder)}
 
     def _encode_decode(
         self, images: Tensor, generator: torch.Generator | None, bare: bool = False
