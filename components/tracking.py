@@ -72,12 +72,15 @@ def client(uri: str):
 
 
 def git_info(root: str | Path = ".") -> dict[str, str]:
-    """Current commit and whether the work tree has uncommitted changes."""
+    """Current commit and whether the work tree has uncommitted changes.
+
+    ``dvc.lock`` does not count: DVC rewrites it after every stage of the very run being tagged.
+    """
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
 
     try:
-        return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": str(bool(git("status", "--porcelain")))}
+        return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": str(bool(git("status", "--porcelain", "--", ".", ":(exclude)dvc.lock")))}
     except (subprocess.CalledProcessError, FileNotFoundError):
         return {"git_commit": "unknown", "git_dirty": "unknown"}
 

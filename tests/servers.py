@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 REGION = "us-east-1"
+STACK_SCRIPT = Path(__file__).resolve().parents[1] / "infra" / "local" / "stack"
 
 
 def free_port() -> int:
@@ -435,3 +436,39 @@ def _stop_group(proc: subprocess.Popen, grace_s: float = 5) -> None:
     except ProcessLookupError:
         pass
     proc.wait(timeout=10)
+
+
+# --------------------------------------------------------------------------- infra/local/stack
+def _port_pair() -> tuple[int, int]:
+    """A free port p whose gRPC twin p + 10000 is free too (SeaweedFS' convention)."""
+    for _ in range(100):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port, port + 10000
+    raise RuntimeError("no free port pair")
+
+
+@contextmanager
+def local_stack_env() -> Iterator[dict[str, str]]:
+    """Environment for ``infra/local/stack`` with a private state folder and free ports; stops the
+    stack (if a test started it) and removes the folder afterwards."""
+    # Not under pytest's tmp_path: as root, PostgreSQL runs as user postgres, which must be able
+    # to traverse the state folder's parents (pytest's are private to root).
+    state = Path(tempfile.mkdtemp(prefix="stack-test-"))
+    state.chmod(0o755)
+    env = {**os.environ, "STACK_DIR": str(state / "stack"), "STACK_WEED_GRPC_OFFSET": "10000"}
+    for var in ("STACK_S3_PORT", "STACK_WEED_MASTER_PORT", "STACK_WEED_VOLUME_PORT", "STACK_WEED_FILER_PORT",
+                "STACK_WEED_ADMIN_PORT"):  # fmt: skip
+        env[var] = str(_port_pair()[0])
+    env["STACK_PG_PORT"], env["STACK_MLFLOW_PORT"] = str(free_port()), str(free_port())
+    try:
+        yield env
+    finally:
+        subprocess.run([str(STACK_SCRIPT), "stop"], check=False, env=env, capture_output=True, timeout=60)
+        shutil.rmtree(state, ignore_errors=True)

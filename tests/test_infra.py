@@ -13,10 +13,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -31,7 +29,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from servers import S3Server, find_tool, free_port
+from servers import S3Server, find_tool, local_stack_env
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -401,21 +399,6 @@ def test_example_secret_is_valid_placeholder_only_and_not_applied_by_kustomize()
 # ---------------------------------------------------------------------------------------------
 
 
-def _port_pair() -> tuple[int, int]:
-    """A free port p whose gRPC twin p + 10000 is free too (SeaweedFS' convention)."""
-    for _ in range(100):
-        port = free_port()
-        if port + 10000 > 65535:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port, port + 10000
-    raise RuntimeError("no free port pair")
-
-
 def _alive(pid: int) -> bool:
     """True if ``pid`` exists and is not a zombie."""
     try:
@@ -428,18 +411,8 @@ def _alive(pid: int) -> bool:
 @pytest.fixture
 def stack_env() -> Iterator[dict[str, str]]:
     """Environment for ``infra/local/stack`` with a private state folder and free ports."""
-    # Not under pytest's tmp_path: as root, PostgreSQL runs as user postgres, which must be able
-    # to traverse the state folder's parents (pytest's are private to root).
-    state = Path(tempfile.mkdtemp(prefix="stack-test-"))
-    state.chmod(0o755)
-    env = {**os.environ, "STACK_DIR": str(state / "stack"), "STACK_WEED_GRPC_OFFSET": "10000"}
-    for var in ("STACK_S3_PORT", "STACK_WEED_MASTER_PORT", "STACK_WEED_VOLUME_PORT", "STACK_WEED_FILER_PORT",
-                "STACK_WEED_ADMIN_PORT"):  # fmt: skip
-        env[var] = str(_port_pair()[0])
-    env["STACK_PG_PORT"], env["STACK_MLFLOW_PORT"] = str(free_port()), str(free_port())
-    yield env
-    subprocess.run([str(ROOT / "infra/local/stack"), "stop"], check=False, env=env, capture_output=True, timeout=60)
-    shutil.rmtree(state, ignore_errors=True)
+    with local_stack_env() as env:
+        yield env
 
 
 def _stack(env: dict[str, str], command: str) -> subprocess.CompletedProcess[str]:

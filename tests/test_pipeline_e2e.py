@@ -1,31 +1,43 @@
-"""`dvc repro` end to end on the smoke profile: real Ray, real MLflow store, all five families."""
+"""`dvc repro` end to end on the smoke profile, on the team stack: `infra/local/stack start`
+(PostgreSQL + SeaweedFS S3 + MLflow server), a private local Ray head (`infra/local/with-ray`),
+all five families; then the DVC remote on S3 and a fresh clone that `dvc pull`s every output.
+
+The embedded default store (sqlite) is what tests/test_ray_stages.py runs the stages against.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
-import shutil
+import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from servers import S3Server, local_stack_env
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["gan", "cgan", "dcgan", "vae", "ddpm"]
+#: every output folder or file the pipeline declares (dvc.yaml outs, metrics and plots)
+OUTPUTS = ("data/prepared", "models", "samples", "metrics", "plots", "reports")
+GIT = ("git", "-c", "user.name=t", "-c", "user.email=t@t")
 
 
-def sh(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": ""}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("RAY_ADDRESS", None)
-    run = subprocess.run(cmd, check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=1500)
+def sh(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``cmd`` with the project venv first on PATH and only the given MLflow/S3/Ray settings."""
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("AWS_", "MLFLOW_", "RAY_ADDRESS", "STACK_"))}
+    full = {**base, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0",
+            "PYTHONPATH": "", "DVC_NO_ANALYTICS": "1", **(env or {})}
+    run = subprocess.run(cmd, cwd=cwd, env=full, capture_output=True, text=True, timeout=1500, check=False)
     if check and run.returncode != 0:
         raise AssertionError(f"{cmd} failed ({run.returncode}):\n{run.stdout[-4000:]}\n{run.stderr[-8000:]}")
     return run
@@ -35,28 +47,77 @@ def stages_in(output: str) -> list[str]:
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
 
 
+def tree_hashes(root: Path) -> dict[str, str]:
+    """``{path: sha256}`` of every file of every pipeline output under ``root``."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for name in OUTPUTS for p in sorted((root / name).rglob("*")) if p.is_file()}
+
+
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    """A copy of the repository (tracked files) as its own git repo, switched to the smoke profile."""
+def stack() -> Iterator[dict[str, str]]:
+    """The team stack, started by its own script; yields what `infra/local/stack env` exports,
+    plus ``PG_DSN`` (from the stack's credentials file) for the PostgreSQL checks."""
+    with local_stack_env() as stack_env:
+        started = sh([str(ROOT / "infra/local/stack"), "start"], ROOT, env=stack_env)
+        assert "mlflow: started" in started.stdout, started.stdout + started.stderr
+        exported = dict(re.findall(r"^export (\w+)=(\S+)$", sh([str(ROOT / "infra/local/stack"), "env"], ROOT,
+                                                                 env=stack_env).stdout, re.MULTILINE))
+        creds = dict(line.split("=", 1) for line in (Path(stack_env["STACK_DIR"]) / "credentials").read_text().split())
+        exported["PG_DSN"] = (f"postgresql://{creds['PG_USER']}:{creds['PG_PASSWORD']}@127.0.0.1:"
+                              f"{stack_env['STACK_PG_PORT']}/mlflow")
+        yield exported
+
+
+def stack_env(stack: dict[str, str]) -> dict[str, str]:
+    """What a user has after ``eval "$(infra/local/stack env)"``."""
+    return {k: v for k, v in stack.items() if k != "PG_DSN"}
+
+
+def s3(stack: dict[str, str]) -> S3Server:
+    return S3Server(stack["AWS_ENDPOINT_URL"], stack["AWS_ACCESS_KEY_ID"], stack["AWS_SECRET_ACCESS_KEY"])
+
+
+def configure_remote(repo: Path, stack: dict[str, str], shared: bool) -> None:
+    """docs/launch.md's DVC remote: the URL committed, endpoint and keys in .dvc/config.local only."""
+    if shared:
+        sh(["dvc", "remote", "add", "-d", "team", "s3://dvc/e2e"], repo)
+        sh(["dvc", "remote", "modify", "team", "region", "us-east-1"], repo)
+    for option, var in (("endpointurl", "AWS_ENDPOINT_URL"), ("access_key_id", "AWS_ACCESS_KEY_ID"),
+                        ("secret_access_key", "AWS_SECRET_ACCESS_KEY")):
+        sh(["dvc", "remote", "modify", "--local", "team", option, stack[var]], repo)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, stack) -> Path:
+    """A clone of the repository (tracked files as they are now), switched to the smoke profile,
+    with the team's DVC remote on the stack's S3."""
     repo = tmp_path_factory.mktemp("repo")
     files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
     for name in filter(None, files.decode().split("\0")):
         if (ROOT / name).is_file():
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, repo / name)
+            (repo / name).write_bytes((ROOT / name).read_bytes())
+            (repo / name).chmod((ROOT / name).stat().st_mode)
     params = (repo / "params.yaml").read_text()
     (repo / "params.yaml").write_text(params.replace("profile: default", "profile: smoke", 1))
     sh(["git", "init", "-q"], repo)
-    sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "x", "--allow-empty"], repo)
-    sh(["git", "add", "-A"], repo)
-    sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke"], repo)
+    sh([*GIT, "add", "-A"], repo)
+    sh([*GIT, "commit", "-qm", "smoke"], repo)
+    configure_remote(repo, stack, shared=True)
+    sh([*GIT, "commit", "-qam", "team remote"], repo)
+    assert sh(["git", "ls-files", ".dvc"], repo).stdout.split() == [".dvc/.gitignore", ".dvc/config"]
+    assert stack["AWS_SECRET_ACCESS_KEY"] in (repo / ".dvc" / "config.local").read_text()  # ignored by git
     return repo
 
 
 @pytest.fixture(scope="module")
-def reproduced(repo) -> tuple[Path, str]:
-    run = sh([sys.executable, "infra/local/with-ray", "--", "dvc", "repro"], repo)
-    return repo, run.stdout
+def reproduced(repo, stack) -> tuple[Path, str]:
+    """`dvc repro` with the stack's environment, then the outputs committed and pushed."""
+    run = sh([sys.executable, "infra/local/with-ray", "--", "dvc", "repro"], repo, env=stack_env(stack))
+    sh([*GIT, "add", "-A"], repo)
+    sh([*GIT, "commit", "-qm", "outputs"], repo)
+    sh(["dvc", "push"], repo)
+    return repo, run.stdout + run.stderr
 
 
 def test_every_stage_ran(reproduced):
@@ -81,11 +142,15 @@ def test_metrics_are_finite_for_all_five_families(reproduced):
     assert all(f"metrics/{m}.json" in shown for m in MODELS)
 
 
-def test_five_mlflow_runs_with_curves_images_and_eval_metrics(reproduced):
-    repo, _ = reproduced
-    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+def runs_by_name(stack: dict[str, str]) -> tuple[MlflowClient, dict]:
+    client = MlflowClient(tracking_uri=stack["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name("genmodels-smoke-synthetic")
-    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    return client, {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+
+
+def test_five_mlflow_runs_with_curves_images_and_eval_metrics(reproduced, stack):
+    repo, _ = reproduced
+    client, runs = runs_by_name(stack)
     assert set(MODELS) <= set(runs)
     for model in MODELS:
         run = runs[model]
@@ -98,6 +163,63 @@ def test_five_mlflow_runs_with_curves_images_and_eval_metrics(reproduced):
         assert run.data.tags["dvc_stage"] == f"train@{model}" and run.data.tags["git_commit"] != "unknown"
 
 
+def test_runs_are_rows_in_postgres(reproduced, stack):
+    import psycopg2
+
+    repo, _ = reproduced
+    ids = {m: json.loads((repo / "models" / m / "mlflow_run.json").read_text())["run_id"] for m in MODELS}
+    with psycopg2.connect(stack["PG_DSN"]) as conn, conn.cursor() as cur:
+        cur.execute("select run_uuid, name from runs")
+        runs = dict(cur.fetchall())
+        cur.execute("select run_uuid, count(*) from metrics where key = 'eval/fid' group by run_uuid")
+        fid_rows = dict(cur.fetchall())
+    conn.close()
+    for model, run_id in ids.items():
+        assert runs.get(run_id) == model and fid_rows.get(run_id, 0) >= 1, model
+
+
+def test_artifacts_are_objects_in_the_stacks_bucket(reproduced, stack):
+    repo, _ = reproduced
+    stored = [o["Key"] for page in s3(stack).client().get_paginator("list_objects_v2").paginate(Bucket="mlflow")
+              for o in page.get("Contents", [])]
+    for model in MODELS:
+        run_id = json.loads((repo / "models" / model / "mlflow_run.json").read_text())["run_id"]
+        mine = [k for k in stored if f"/{run_id}/artifacts/" in k]
+        assert any(re.search(r"/artifacts/images/samples.*\.png$", k) for k in mine), (model, mine)
+        assert any("final_samples" in k for k in mine), (model, mine)
+        assert any(k.endswith("/artifacts/checkpoints/checkpoint.pt") for k in mine), (model, mine)
+    assert sum(k.endswith("/MLmodel") for k in stored) >= len(MODELS)  # one logged model per family
+
+
+def test_s3_keys_appear_in_no_output_log_or_mlflow_param(reproduced, stack):
+    repo, output = reproduced
+    secrets = (stack["AWS_SECRET_ACCESS_KEY"], stack["AWS_ACCESS_KEY_ID"])
+    assert not any(secret in output for secret in secrets)
+    for path in [p for name in (*OUTPUTS, "dvc.lock", "params.yaml", ".dvc/config") for p in
+                 ([repo / name] if (repo / name).is_file() else (repo / name).rglob("*")) if p.is_file()]:
+        data = path.read_bytes()
+        assert not any(secret.encode() in data for secret in secrets), path
+    _, runs = runs_by_name(stack)
+    for run in runs.values():
+        values = " ".join(map(str, [*run.data.params.values(), *run.data.tags.values()]))
+        assert not any(secret in values for secret in secrets), run.info.run_name
+
+
+def test_dvc_pull_on_a_fresh_clone_restores_every_output(reproduced, stack, tmp_path):
+    repo, _ = reproduced
+    before = tree_hashes(repo)
+    assert any(k.startswith("models/ddpm/") for k in before) and "reports/index.html" in before
+    remote = [o["Key"] for o in s3(stack).client().list_objects_v2(Bucket="dvc", Prefix="e2e/").get("Contents", [])]
+    assert remote, "dvc push left nothing in s3://dvc/e2e"
+    fresh = tmp_path / "fresh"
+    sh(["git", "clone", "-q", str(repo), str(fresh)], tmp_path)
+    assert not any((fresh / name).exists() for name in OUTPUTS)
+    configure_remote(fresh, stack, shared=False)  # the committed URL plus this machine's keys
+    sh(["dvc", "pull"], fresh)
+    assert tree_hashes(fresh) == before
+    assert "up to date" in sh(["dvc", "status"], fresh).stdout.lower()
+
+
 def test_report_lists_every_model(reproduced):
     repo, _ = reproduced
     page = (repo / "reports" / "index.html").read_text()
@@ -107,9 +229,9 @@ def test_report_lists_every_model(reproduced):
     assert board.count("|") > 30 and "floor" in board.lower()
 
 
-def test_second_repro_does_nothing_and_one_param_reruns_one_model(reproduced):
+def test_second_repro_does_nothing_and_one_param_reruns_one_model(reproduced, stack):
     repo, _ = reproduced
-    again = sh(["dvc", "repro"], repo)
+    again = sh(["dvc", "repro"], repo, env=stack_env(stack))
     assert stages_in(again.stdout) == []
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"]["vae"]["kl_weight"] = 0.5  # not overridden by the smoke overlay
@@ -117,7 +239,7 @@ def test_second_repro_does_nothing_and_one_param_reruns_one_model(reproduced):
     status = json.loads(sh(["dvc", "status", "--json"], repo).stdout)
     changed = {name.split(":")[-1] for name in status}
     assert changed == {"train@vae", "report"}  # dvc status shows the stages whose own inputs changed
-    rerun = sh([sys.executable, "infra/local/with-ray", "--", "dvc", "repro"], repo)
+    rerun = sh([sys.executable, "infra/local/with-ray", "--", "dvc", "repro"], repo, env=stack_env(stack))
     assert set(stages_in(rerun.stdout)) == {"train@vae", "sample@vae", "evaluate@vae", "report"}
 
 
@@ -132,11 +254,11 @@ def test_switching_profile_marks_the_stages_it_changes(reproduced):
     sh(["git", "checkout", "params.yaml"], repo)
 
 
-def test_dvc_experiment_runs_and_is_listed(reproduced):
+def test_dvc_experiment_runs_and_is_listed(reproduced, stack):
     repo, _ = reproduced
     sh(["git", "checkout", "params.yaml"], repo)
     run = sh([sys.executable, "infra/local/with-ray", "--", "dvc", "exp", "run", "--name", "lr-up",
-              "-S", "train.dcgan.lr=0.0004"], repo)
+              "-S", "train.dcgan.lr=0.0004"], repo, env=stack_env(stack))
     assert set(stages_in(run.stdout)) == {"train@dcgan", "sample@dcgan", "evaluate@dcgan", "report"}
     shown = sh(["dvc", "exp", "show", "--json"], repo).stdout
     assert "lr-up" in shown
