@@ -514,3 +514,22 @@ def test_run_pipeline_sets_profile_reproduces_and_pushes(tmp_path: Path, s3_serv
     assert (source / "params.yaml").read_text().startswith("profile: default\n")  # the image's copy is untouched
     pushed = s3_server.client().list_objects_v2(Bucket="run-pipeline-test").get("Contents", [])
     assert any(o["Key"].startswith("store/") for o in pushed)
+
+
+# ---------------------------------------------------------------------------------------------
+# live: infra/local/with-ray
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_with_ray_serves_the_command_then_leaves_no_ray_process() -> None:
+    code = "import os; print(os.environ['RAY_ADDRESS'], os.environ['GENMODELS_SHIP_CODE'])"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    run = subprocess.run([find_tool("python"), str(ROOT / "infra/local/with-ray"), "--", find_tool("python"), "-c", code],
+                         check=False, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    address, ship = run.stdout.split()
+    assert address.startswith("127.0.0.2:") and ship == "0"
+    port = address.split(":")[1]
+    left = subprocess.run(["pgrep", "-f", f"port={port}"], check=False, capture_output=True, text=True).stdout.split()
+    assert not left, f"Ray processes of the head on {address} still running: {left}"
