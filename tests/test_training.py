@@ -132,6 +132,12 @@ model.sample(4, generator=torch.Generator().manual_seed(0))
 assert "torch._dynamo" not in sys.modules, "sampling built an optimiser"
 model.train_step(torch.zeros(4, 1, 28, 28), torch.zeros(4, dtype=torch.long))
 assert set(model.optimizers) == {"generator", "discriminator"}
+saved = checkpoint_payload(model, name="g", epoch=1)["state"]["optimizers"]
+reloaded = model_from_checkpoint(checkpoint_payload(model, name="g", epoch=1))
+# loaded, never stepped: its checkpoint still carries the optimiser state it was given
+again = checkpoint_payload(reloaded, name="g", epoch=1)["state"]["optimizers"]
+assert saved["generator"]["state"] and set(again) == set(saved)
+assert torch.equal(again["generator"]["state"][0]["exp_avg"], saved["generator"]["state"][0]["exp_avg"])
 print("ok")
 """
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)

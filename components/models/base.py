@@ -173,8 +173,9 @@ class TrainableModel(abc.ABC):
         """Whole training state; tensors and plain data only (``weights_only`` loadable)."""
         return {
             "networks": {n: m.state_dict() for n, m in self.networks().items()},
-            # none built yet (never stepped): nothing to save, a fresh optimiser is the same state
-            "optimizers": {n: o.state_dict() for n, o in (self._optimizers or {}).items()},
+            # not built yet: the state loaded for them (if any) passes through unchanged
+            "optimizers": ({n: o.state_dict() for n, o in self._optimizers.items()} if self._optimizers is not None
+                           else dict(self._pending_optimizer_state)),
             "step": self.step,
             "rng": self.rng.get_state(),
             "extra": self.extra_state(),
