@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
-from servers import S3Server, seaweedfs
+from servers import S3Server, ray_auth_env, seaweedfs
 
 # --- infrastructure fixtures (tests/servers.py) -------------------------------------------------
 # One SeaweedFS S3 server per test session (~1 s to start, ~175 MB RSS); tests isolate themselves
@@ -17,6 +18,24 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """A running S3 endpoint (SeaweedFS) accepting only ``S3Server.access_key``/``secret_key``."""
     with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
         yield server
+
+
+@pytest.fixture(autouse=True, scope="session")
+def ray_token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One Ray auth token for every cluster, driver and ``ray.init()`` of this test session.
+
+    Set in this process' environment, so that stage subprocesses inherit it; nothing is read from
+    or written to ``~/.ray`` (a fresh machine has no token there).
+    """
+    saved = {key: os.environ.get(key) for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")}
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    os.environ.update(ray_auth_env(tmp_path_factory.mktemp("ray-auth")))
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 # --- end of infrastructure fixtures -------------------------------------------------------------

@@ -61,7 +61,16 @@ def find_tool(name: str) -> str:
     return found
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+def log_tail(path: Path | None, lines: int = 30) -> str:
+    """The last ``lines`` lines of a server's log, for an error message ("" without a log)."""
+    if path is None or not Path(path).exists():
+        return ""
+    text = Path(path).read_text(errors="replace").splitlines()[-lines:]
+    return f"\nlast lines of {path}:\n" + "\n".join(text)
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen | None = None,
+               log: Path | None = None) -> None:
     """Poll ``check`` until it returns True.
 
     Args:
@@ -69,6 +78,7 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, proc: subpr
         timeout: seconds to wait in total.
         what: name used in the error message.
         proc: the server process; if it exits early we fail at once instead of waiting.
+        log: the server's log, whose last lines go into the error.
 
     Raises:
         TimeoutError: ``check`` never succeeded in time.
@@ -78,14 +88,14 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, proc: subpr
     last_error: Exception | None = None
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what} exited early with code {proc.returncode}")
+            raise RuntimeError(f"{what} exited early with code {proc.returncode}{log_tail(log)}")
         try:
             if check():
                 return
         except Exception as err:  # noqa: BLE001 - any failure just means "not ready yet"
             last_error = err
         time.sleep(0.2)
-    raise TimeoutError(f"{what} not ready after {timeout:.0f} s (last error: {last_error!r})")
+    raise TimeoutError(f"{what} not ready after {timeout:.0f} s (last error: {last_error!r}){log_tail(log)}")
 
 
 def stop_process(proc: subprocess.Popen, grace: float = 3.0) -> None:
@@ -244,7 +254,8 @@ def seaweedfs(workdir: Path, access_key: str = "testkey", secret_key: str = "tes
         )  # fmt: skip
     try:
         # An authenticated listing proves both that S3 is up and that the identity file is loaded.
-        wait_until(lambda: server.client().list_buckets() is not None, 60, "SeaweedFS S3", proc)
+        wait_until(lambda: server.client().list_buckets() is not None, 60, "SeaweedFS S3", proc,
+                   log=workdir / "weed.log")
         yield server
     finally:
         stop_process(proc)
@@ -297,7 +308,10 @@ def postgres(workdir: Path) -> Iterator[str]:
         shutil.chown(pwfile, "postgres", "postgres")
 
     def run(argv: list[str]) -> None:
-        subprocess.run(_as_postgres(argv), check=True, capture_output=True, text=True)
+        done = subprocess.run(_as_postgres(argv), check=False, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{Path(argv[0]).name} failed ({done.returncode}): {done.stdout}{done.stderr}"
+                               f"{log_tail(log)}")
 
     log, pg_ctl = base / "postgres.log", postgres_bin("pg_ctl")
     options = f"-c listen_addresses=127.0.0.1 -p {port} -k {datadir}"
@@ -351,7 +365,7 @@ def mlflow_server(
             stdin=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
     try:
-        wait_until(lambda: _http_status(f"{uri}/health") == 200, 90, "MLflow server", proc)
+        wait_until(lambda: _http_status(f"{uri}/health") == 200, 90, "MLflow server", proc, log=workdir / "mlflow.log")
         yield uri
     finally:
         stop_process(proc)
@@ -360,6 +374,27 @@ def mlflow_server(
 # --------------------------------------------------------------------------- Ray
 HEAD_IP = "127.0.0.2"
 WORKER_IP = "127.0.0.3"
+
+
+def ray_auth_env(folder: Path) -> dict[str, str]:
+    """Ray's token authentication for the clusters tests start: a token file of their own.
+
+    Ray 2.60 turns token auth on and `ray start --head` does not create a token (only ``ray.init()``
+    does, in ~/.ray): without this, a head started on a fresh machine stops with
+    ``AuthenticationError``. Every node and driver of one cluster must read the same file.
+
+    Args:
+        folder: where the token file goes (created if missing; reused when already there).
+
+    Returns:
+        ``RAY_AUTH_MODE`` and ``RAY_AUTH_TOKEN_PATH`` for the nodes' and drivers' environment.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    token = folder / "ray_auth_token"
+    if not token.exists():
+        token.touch(mode=0o600)
+        token.write_text(secrets.token_hex(32))
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
 
 
 @contextmanager
@@ -379,6 +414,8 @@ def ray_node(workdir: Path, num_cpus: int, head_address: str | None = None, node
             all traffic stays on loopback. Drivers pass ``RAY_NODE_IP_ADDRESS=HEAD_IP``.
         env: extra environment for the node; its workers inherit it. This is how secrets (S3 keys
             for ``s3://`` checkpoint storage) reach workers: never through runtime_env, which Ray logs.
+            The token comes from ``RAY_AUTH_TOKEN_PATH`` here or in the test process' environment
+            (conftest.py sets one for the session, see ``ray_auth_env``).
 
     Yields:
         The head's address ``127.0.0.1:PORT``.
@@ -386,6 +423,8 @@ def ray_node(workdir: Path, num_cpus: int, head_address: str | None = None, node
     ray = find_tool("ray")
     env = {**os.environ, **(env or {}), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
            "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+    if "RAY_AUTH_TOKEN_PATH" not in env and "RAY_AUTH_TOKEN" not in env:
+        raise RuntimeError("ray_node needs RAY_AUTH_TOKEN_PATH (see ray_auth_env): a fresh machine has no token")
     if head_address is None:
         port = free_port()
         address = f"{node_ip}:{port}"
@@ -403,7 +442,7 @@ def ray_node(workdir: Path, num_cpus: int, head_address: str | None = None, node
     with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
-        _wait_for_ray(address, proc, expected_cpus=None if head_address is None else num_cpus, env=env)
+        _wait_for_ray(address, proc, expected_cpus=None if head_address is None else num_cpus, env=env, log=log_path)
         yield address
     finally:
         _stop_group(proc)
@@ -411,17 +450,17 @@ def ray_node(workdir: Path, num_cpus: int, head_address: str | None = None, node
             shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def _wait_for_ray(address: str, proc: subprocess.Popen, expected_cpus: int | None, env: dict) -> None:
+def _wait_for_ray(address: str, proc: subprocess.Popen, expected_cpus: int | None, env: dict, log: Path) -> None:
     status = [find_tool("ray"), "status", f"--address={address}"]
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"ray start exited with {proc.returncode}")
+            raise RuntimeError(f"ray start exited with {proc.returncode}{log_tail(log)}")
         out = subprocess.run(status, check=False, capture_output=True, text=True, env=env)
         if out.returncode == 0 and (expected_cpus is None or out.stdout.count("node_") >= 2):
             return
         time.sleep(1)
-    raise TimeoutError(f"Ray node for {address} not ready in 90 s")
+    raise TimeoutError(f"Ray node for {address} not ready in 90 s{log_tail(log)}")
 
 
 def _stop_group(proc: subprocess.Popen, grace_s: float = 5) -> None:

@@ -476,6 +476,18 @@ def test_local_stack_starts_serves_and_stops(stack_env: dict[str, str]) -> None:
             assert sock.connect_ex(("127.0.0.1", int(stack_env[port]))) != 0, port
 
 
+@pytest.mark.slow
+def test_local_stack_that_cannot_start_shows_the_servers_log(stack_env: dict[str, str]) -> None:
+    with socket.socket() as taken:  # PostgreSQL's port is in use by someone else
+        taken.bind(("127.0.0.1", int(stack_env["STACK_PG_PORT"])))
+        taken.listen()
+        started = _stack(stack_env, "start")
+    assert started.returncode != 0
+    assert "PostgreSQL did not start; last lines of" in started.stderr
+    assert "could not bind" in started.stderr or "already in use" in started.stderr, started.stderr  # its own log
+    assert "STACK_PG_PORT" in started.stderr  # what to do
+
+
 # ---------------------------------------------------------------------------------------------
 # live: infra/run-pipeline on a tiny DVC project
 # ---------------------------------------------------------------------------------------------
@@ -521,15 +533,42 @@ def test_run_pipeline_sets_profile_reproduces_and_pushes(tmp_path: Path, s3_serv
 # ---------------------------------------------------------------------------------------------
 
 
+#: attaches to the head with_ray started and runs one task there
+ATTACH = ("import os, ray; ray.init(address=os.environ['RAY_ADDRESS'], logging_level='error'); "
+          "print(os.environ['RAY_ADDRESS'], os.environ['GENMODELS_SHIP_CODE'], "
+          "ray.get(ray.remote(lambda: 'task-ran').remote()))")
+
+
+def fresh_home_env(home: Path) -> dict[str, str]:
+    """The environment of a new user: an empty HOME and no Ray address or token of ours."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH", "XDG_"))}
+    home.mkdir(parents=True, exist_ok=True)
+    return {**env, "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"), "XDG_CONFIG_HOME": str(home / ".config")}
+
+
 @pytest.mark.slow
-def test_with_ray_serves_the_command_then_leaves_no_ray_process() -> None:
-    code = "import os; print(os.environ['RAY_ADDRESS'], os.environ['GENMODELS_SHIP_CODE'])"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    run = subprocess.run([find_tool("python"), str(ROOT / "infra/local/with-ray"), "--", find_tool("python"), "-c", code],
-                         check=False, env=env, capture_output=True, text=True, timeout=120)
+def test_with_ray_works_on_a_fresh_home_and_leaves_no_token_or_process(tmp_path: Path) -> None:
+    home = tmp_path / "home"  # no earlier test has written a token here
+    run = subprocess.run([find_tool("python"), str(ROOT / "infra/local/with-ray"), "--", find_tool("python"), "-c",
+                          ATTACH], check=False, env=fresh_home_env(home), capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stdout + run.stderr
-    address, ship = run.stdout.split()
-    assert address.startswith("127.0.0.2:") and ship == "0"
+    address, ship, task = run.stdout.split()
+    assert address.startswith("127.0.0.2:") and ship == "0" and task == "task-ran"
+    assert not (home / ".ray" / "auth_token").exists()  # the private token lived in the head's temp folder
     port = address.split(":")[1]
     left = subprocess.run(["pgrep", "-f", f"port={port}"], check=False, capture_output=True, text=True).stdout.split()
     assert not left, f"Ray processes of the head on {address} still running: {left}"
+
+
+def test_with_ray_shows_why_the_head_did_not_start(tmp_path: Path) -> None:
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "ray").write_text("#!/bin/sh\necho 'ray: something specific went wrong' >&2\nexit 3\n")
+    (fake_bin / "ray").chmod(0o755)
+    env = {**fresh_home_env(tmp_path / "home"), "PATH": f"{fake_bin}:/usr/bin:/bin"}
+    # the system python: with no `ray` beside it, with-ray takes the (fake) one on PATH
+    run = subprocess.run(["/usr/bin/env", "python3", str(ROOT / "infra/local/with-ray"), "--", "true"], check=False,
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1
+    assert "did not start (exited with code 3)" in run.stderr
+    assert "ray: something specific went wrong" in run.stderr  # the head's own log, not /dev/null

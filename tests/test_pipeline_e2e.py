@@ -28,7 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["gan", "cgan", "dcgan", "vae", "ddpm"]
 #: every output folder or file the pipeline declares (dvc.yaml outs, metrics and plots)
 OUTPUTS = ("data/prepared", "models", "samples", "metrics", "plots", "reports")
-GIT = ("git", "-c", "user.name=t", "-c", "user.email=t@t")
 
 
 def sh(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -101,10 +100,13 @@ def repo(tmp_path_factory, stack) -> Path:
     params = (repo / "params.yaml").read_text()
     (repo / "params.yaml").write_text(params.replace("profile: default", "profile: smoke", 1))
     sh(["git", "init", "-q"], repo)
-    sh([*GIT, "add", "-A"], repo)
-    sh([*GIT, "commit", "-qm", "smoke"], repo)
+    # the repository's own identity: `dvc exp run` commits, and CI's HOME has no ~/.gitconfig
+    sh(["git", "config", "user.name", "genmodels e2e"], repo)
+    sh(["git", "config", "user.email", "e2e@genmodels.invalid"], repo)
+    sh(["git", "add", "-A"], repo)
+    sh(["git", "commit", "-qm", "smoke"], repo)
     configure_remote(repo, stack, shared=True)
-    sh([*GIT, "commit", "-qam", "team remote"], repo)
+    sh(["git", "commit", "-qam", "team remote"], repo)
     assert sh(["git", "ls-files", ".dvc"], repo).stdout.split() == [".dvc/.gitignore", ".dvc/config"]
     assert stack["AWS_SECRET_ACCESS_KEY"] in (repo / ".dvc" / "config.local").read_text()  # ignored by git
     return repo
@@ -114,8 +116,8 @@ def repo(tmp_path_factory, stack) -> Path:
 def reproduced(repo, stack) -> tuple[Path, str]:
     """`dvc repro` with the stack's environment, then the outputs committed and pushed."""
     run = sh([sys.executable, "infra/local/with-ray", "--", "dvc", "repro"], repo, env=stack_env(stack))
-    sh([*GIT, "add", "-A"], repo)
-    sh([*GIT, "commit", "-qm", "outputs"], repo)
+    sh(["git", "add", "-A"], repo)
+    sh(["git", "commit", "-qm", "outputs"], repo)
     sh(["dvc", "push"], repo)
     return repo, run.stdout + run.stderr
 
