@@ -17,8 +17,17 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import common_args, emit_json, family_configs, machine, median, parse_families, \
-    print_table, setup_threads, timed
+from benchmarks.common import (
+    common_args,
+    emit_json,
+    family_configs,
+    machine,
+    median,
+    parse_families,
+    print_table,
+    setup_threads,
+    timed,
+)
 from benchmarks.sample_speed import SPEC, draw
 
 
@@ -53,7 +62,7 @@ def family_speeds(cfg: Any, folder: Path, batch: int, repeats: int) -> dict[str,
     out: dict[str, Any] = {}
     for way, fn in ways.items():
         fn(0)  # warm-up
-        rates = [batch / timed(lambda i=i: fn(i + 1), device)[1] for i in range(repeats)]
+        rates = [batch / timed(lambda i=i, fn=fn: fn(i + 1), device)[1] for i in range(repeats)]
         out[way] = {"images_per_s": median(rates), "rates": rates}
     out["pyfunc_vs_sample"] = out["pyfunc"]["images_per_s"] / out["sample"]["images_per_s"]
     return out

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_models import CLASS_NAMES, log_tiny, tiny_checkpoint
 from servers import free_port
+from serving_models import CLASS_NAMES, log_tiny, tiny_checkpoint
 
 from components.registry import register_run
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from serving_models import CLASS_NAMES, TINY, log_tiny
+from serving_models import TINY, log_tiny
 
 from components.serving.generator import decode_images
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from serving_models import log_tiny
 from servers import find_tool, free_port, stop_process, wait_until
+from serving_models import log_tiny
 
 from components.registry import register_run
 from components.serving.generator import decode_images

@@ -56,7 +56,7 @@ class GeneratorPyfunc(mlflow.pyfunc.PythonModel):
         frame = pd.DataFrame(model_input)
         if "num_images" not in frame.columns:
             raise MlflowException("each request row needs num_images", error_code=INVALID_PARAMETER_VALUE)
-        labels = frame["label"].tolist() if "label" in frame.columns else [None] * len(frame)
+        labels = [None if _missing(x) else x for x in frame["label"]] if "label" in frame.columns else [None] * len(frame)
         try:
             out = self.generator.generate(list(zip(frame["num_images"].tolist(), labels, strict=True)),
                                           seed=int(params.get("seed", 0)), sampler=params.get("sampler"),
@@ -65,6 +65,14 @@ class GeneratorPyfunc(mlflow.pyfunc.PythonModel):
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
         return pd.DataFrame({"request": out.request, "label": out.labels,
                              "image": [encode_png(image) for image in out.images]})
+
+
+def _missing(value: Any) -> bool:
+    """An empty cell (None, NaN, pd.NA) of a mixed-type column."""
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # a list or other non-scalar: not missing, rejected as a label later
+        return False
 
 
 def signature_for(model: Any) -> Any:
