@@ -267,20 +267,13 @@ def run_tags(*, family: str, model_name: str, seed: int, data_checksum: str, wor
     return tags
 
 
-def log_final_model(uri: str, run_id: str, networks: dict[str, Any], checkpoint: str | Path,
-                    extra_files: list[Path]) -> None:
-    """Driver side, after training: the checkpoint, the networks as an MLflow PyTorch model, plots."""
-    import mlflow
-    import mlflow.pytorch
-    import torch
+def log_final_model(uri: str, run_id: str, checkpoint: str | Path, extra_files: list[Path],
+                    class_names: list[str]) -> str:
+    """Driver side, after training: the checkpoint, plots, and the generator pyfunc; returns its model URI."""
+    from components.serving.pyfunc import log_generator
 
     c = client(uri)
     _retry(lambda: c.log_artifact(run_id, str(checkpoint), "checkpoints"), "log checkpoint")
     for path in extra_files:
         _retry(lambda p=path: c.log_artifact(run_id, str(p)), f"log {path.name}")
-    mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(run_id=run_id):
-        # pip_requirements given explicitly: inferring them imports the world and takes ~10 s.
-        # pickle, not pt2: pt2 traces forward() with an example input, and these networks have several.
-        mlflow.pytorch.log_model(torch.nn.ModuleDict(networks), name="model", serialization_format="pickle",
-                                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    return log_generator(uri, run_id, checkpoint, class_names)

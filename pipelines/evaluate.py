@@ -24,6 +24,7 @@ from components.distributed.runner import StorageError, run_job, run_name
 from components.io import write_json
 from components.metrics.conditional import conditional_accuracy
 from components.metrics.suite import sample_metrics
+from components.registry import register_run
 from components.training.checkpoint import CHECKPOINT_FILE, model_from_checkpoint
 from pipelines.common import load_or_exit, parser, run_main
 
@@ -70,7 +71,6 @@ def main() -> None:
            "train_steps": model.step, **scores,
            **{f"ceiling_{k}": v for k, v in ceiling.items()},
            **{f"floor_{k}": v for k, v in floor.get("floor", {}).items()}}
-    write_json(args.out or f"metrics/{name}.json", out)
     c = tracking.client(uri)
     from mlflow.entities import Metric
 
@@ -78,9 +78,12 @@ def main() -> None:
     c.log_batch(run["run_id"], metrics=[Metric(f"eval/{k}", float(v), now, 0) for k, v in out.items()
                                         if isinstance(v, (int, float)) and not isinstance(v, bool)])
     c.set_tag(run["run_id"], "extractor_checksum", str(out["extractor_checksum"]))
+    registered = register_run(uri, run["run_id"], cfg.mlflow.experiment_prefix, name, out)
+    out.update(registered_model=registered.name, model_version=registered.version)
+    write_json(args.out or f"metrics/{name}.json", out)
     print(f"evaluate {name}: FID {scores['fid']:.2f} (ceiling {ceiling['fid']:.1f}, "
           f"floor {out.get('floor_fid', float('nan')):.2f}), precision {scores['precision']:.3f}, "
-          f"recall {scores['recall']:.3f}")
+          f"recall {scores['recall']:.3f}; registered {registered.uri} (champion: version {registered.champion})")
 
 
 def _held_out(model, data_dir: str, seed: int) -> dict[str, float]:

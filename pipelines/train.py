@@ -57,7 +57,7 @@ def main() -> None:
                                                  "tracking_uri": uri})
             plot_losses(history, tmp / "loss.png", title=name)
             model = model_from_checkpoint(load_checkpoint(tmp / CHECKPOINT_FILE))
-            tracking.log_final_model(uri, run_id, model.networks(), tmp / CHECKPOINT_FILE, [tmp / "loss.png"])
+            tracking.log_final_model(uri, run_id, tmp / CHECKPOINT_FILE, [tmp / "loss.png"], meta["class_names"])
         with atomic_path(Path("plots/train") / f"{name}.csv") as csv:
             csv.write_text(history_to_csv(history))
     finally:

@@ -231,6 +231,26 @@ def test_report_lists_every_model(reproduced):
     assert board.count("|") > 30 and "floor" in board.lower()
 
 
+def test_every_model_is_registered_and_its_champion_generates_in_a_fresh_process(reproduced, stack, tmp_path):
+    repo, _ = reproduced
+    client = MlflowClient(stack["MLFLOW_TRACKING_URI"])
+    for model in MODELS:
+        metrics = json.loads((repo / "metrics" / f"{model}.json").read_text())
+        champion = client.get_model_version_by_alias(f"genmodels-{model}", "champion")
+        assert metrics["registered_model"] == f"genmodels-{model}" and int(champion.version) == metrics["model_version"]
+        assert float(champion.tags["eval/fid"]) == pytest.approx(metrics["fid"])
+        assert champion.tags["extractor_checksum"] == metrics["extractor_checksum"] and champion.tags["data_checksum"]
+    script = ("import json, mlflow.pyfunc, pandas as pd\n"
+              f"out = {{m: mlflow.pyfunc.load_model(f'models:/genmodels-{{m}}@champion').predict("
+              f"pd.DataFrame({{'num_images': [2]}}), params={{'seed': 1}})['image'].str.len().min() for m in {MODELS!r}}}\n"
+              "print(json.dumps({k: int(v) for k, v in out.items()}))\n")
+    run = sh([sys.executable, "-c", script], tmp_path, env=stack_env(stack))  # cwd outside the checkout
+    assert all(n > 100 for n in json.loads(run.stdout.strip().splitlines()[-1]).values()), run.stdout
+    sh([sys.executable, "-m", "pipelines.generate", "--uri", "models:/genmodels-ddpm@champion", "-n", "4",
+        "--out", str(tmp_path / "grid.png")], repo, env=stack_env(stack))
+    assert (tmp_path / "grid.png").read_bytes().startswith(b"\x89PNG")
+
+
 def test_second_repro_does_nothing_and_one_param_reruns_one_model(reproduced, stack):
     repo, _ = reproduced
     again = sh(["dvc", "repro"], repo, env=stack_env(stack))

@@ -69,6 +69,8 @@ def test_mlflow_run_holds_the_whole_story(trained):
     assert any(m.source_run_id == run_id for m in models)
     for key in ("eval/fid", "eval/kid", "eval/precision", "eval/recall", "eval/ceiling_fid"):
         assert key in run.data.metrics  # the evaluate stage added to the same run
+    champion = client.get_model_version_by_alias("genmodels-gan", "champion")  # registered by evaluate
+    assert champion.run_id == run_id and float(champion.tags["eval/fid"]) == read_json(trained / "metrics" / "gan.json")["fid"]
     vae_run = read_json(trained / "models" / "vae" / "mlflow_run.json")["run_id"]
     assert client.get_run(vae_run).info.experiment_id == run.info.experiment_id
     assert client.get_experiment(run.info.experiment_id).name == "genmodels-smoke-synthetic"

@@ -70,7 +70,8 @@ def _metrics(name: str, i: int) -> dict:
            "fid": fid, "fid_mean": fid + 1, "fid_std": std, "kid": fid / 100, "kid_std": 0.01,
            "precision": 0.5, "recall": 0.4, "density": 0.6, "coverage": 0.3,
            "ceiling_fid": ceiling, "ceiling_fid_mean": ceiling, "ceiling_fid_std": 5.0,
-           "ceiling_kid": 4.0, "ceiling_kid_std": 0.5, "floor_fid": FLOOR_FID, "floor_fid_std": 0.3}
+           "ceiling_kid": 4.0, "ceiling_kid_std": 0.5, "floor_fid": FLOOR_FID, "floor_fid_std": 0.3,
+           "registered_model": f"genmodels-{name}", "model_version": i + 1}
     extra = {"cgan": {"cond_acc": 0.875}, "vae": {"test_elbo": -250.5}, "ddpm": {"test_noise_loss": 0.0425}}
     return {**out, **extra.get(name, {})}
 
@@ -107,7 +108,7 @@ def make_project(root: Path) -> str:
             {"name": name, "model": {"family": name, "seed": 0, "batch_size": 64}, "data_checksum": "fea64be680919c93"}))
         (model_dir / "mlflow_run.json").write_text(json.dumps(
             {"run_id": f"run{name}0123456789", "experiment": "genmodels-default-synthetic",
-             "tracking_uri": "sqlite:///mlflow.db"}))
+             "tracking_uri": "http://mlflow.example:5000" if name == "ddpm" else "sqlite:///mlflow.db"}))
         (model_dir / "loss.png").write_bytes(_loss_png(i))
         (sample_dir / "grid.png").write_bytes(_grid_png(i))
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "-c", "commit.gpgsign=false"]
@@ -202,11 +203,22 @@ def test_html_page_has_models_references_and_embedded_images(report: dict) -> No
     assert model_rows == BY_FID
     # self-contained: every image is inline, nothing refers to another file or the network
     refs = re.findall(r'\b(?:src|href)="([^"]*)"', page)
+    refs = [r for r in refs if not r.startswith("http://mlflow.example:5000/#/models/")]  # registry links
     assert len(refs) == 2 * len(MODELS) + 1  # grids, loss curves, the compute plot
     assert all(r.startswith("data:image/png;base64,") for r in refs)
     assert "<link" not in page and "<script" not in page and "@import" not in page and "url(" not in page
     sizes = {Image.open(io.BytesIO(base64.b64decode(r.split(",", 1)[1]))).size for r in refs}
     assert (122, 122) in sizes and (140, 80) in sizes  # the fixture's grids and loss curves, byte for byte
+
+
+def test_each_model_row_names_its_registered_version(report: dict) -> None:
+    rows = {r["model"]: r for r in markdown_rows(report["md"])}
+    for i, name in enumerate(MODELS):
+        assert rows[name]["registered"] == f"models:/genmodels-{name}/{i + 1}"
+    assert rows["*data floor*"]["registered"] == ""
+    ddpm_version = list(MODELS).index("ddpm") + 1  # on a server: a link to the version's page
+    assert f'<a href="http://mlflow.example:5000/#/models/genmodels-ddpm/versions/{ddpm_version}">' in report["html"]
+    assert "<code>models:/genmodels-gan/" in report["html"]  # a local store: the URI to load
 
 
 def test_report_is_deterministic(report: dict) -> None:

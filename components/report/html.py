@@ -150,6 +150,10 @@ def _cell(header: str, row: Row, text: str) -> str:
         return f'<td class="num"><span class="bar"><span style="width:{width:.0f}%"></span></span>{_e(text)}</td>'
     if header == "#" and row.tied_with:
         return f'<td><span class="tie" title="FID within noise of {_e(row.tied_with)}">{_e(text)}</span></td>'
+    if header == "registered" and row.registered_url:
+        return f'<td><a href="{_e(row.registered_url)}">{_e(text)}</a></td>'
+    if header == "registered":
+        return f"<td><code>{_e(text)}</code></td>" if text else "<td></td>"
     if header == "model":
         family = row.kind == "model" and row.family != row.label
         return f"<td>{_e(text)}" + (f' <span class="fam">{_e(row.family)}</span>' if family else "") + "</td>"
@@ -181,7 +185,7 @@ def _model_card(cfg: PipelineConfig, inputs: ReportInputs, row: Row) -> str:
              ("parameters", fmt(row.parameters, "int")), ("train steps", fmt(row.train_steps, "int")),
              ("training time", f"{fmt(row.train_seconds, 'secs')} s"), ("images seen", fmt(row.images_seen, "int")),
              ("batch size", model_cfg.get("batch_size", "?")), ("seed", model_cfg.get("seed", "?")),
-             ("MLflow run", m.run.get("run_id", "?"))]
+             ("MLflow run", m.run.get("run_id", "?")), ("registered", row.registered or "not yet")]
     dl = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in facts)
     return (f'<article class="card" id="model-{_e(m.name)}"><h3><span class="rank">#{row.rank}</span> {_e(m.name)} '
             f'<span class="badge" style="background:{FAMILY_COLOURS.get(row.family, "#444")}">{_e(row.family)}</span>'

@@ -125,6 +125,8 @@ class Row:
     rank: int | None = None
     tied_with: str | None = None  # the model ranked just above, when this one is within noise of it
     gap_closed: float | None = None  # share of the log-FID gap ceiling -> floor the model closed
+    registered: str | None = None  # ``models:/NAME/VERSION``, once the evaluate stage registered the run
+    registered_url: str | None = None  # that version's page on an MLflow server (None for a local store)
 
 
 SAMPLE_KEYS = ("kid", "kid_std", "precision", "recall", "density", "coverage")
@@ -159,7 +161,19 @@ def _model_row(m: ModelInputs, held_out: list[str]) -> Row:
     return Row(label=m.name, kind="model", model=m.name, family=m.metrics.get("family", "?"),
                fid=float(m.metrics["fid"]), fid_std=m.metrics.get("fid_std"), num_samples=m.metrics.get("num_samples"),
                values={k: m.metrics.get(k) for k in keys}, parameters=m.metrics.get("parameters"),
-               train_steps=m.metrics.get("train_steps"), train_seconds=seconds, images_seen=images)
+               train_steps=m.metrics.get("train_steps"), train_seconds=seconds, images_seen=images,
+               **registered_version(m))
+
+
+def registered_version(m: ModelInputs) -> dict[str, str | None]:
+    """The model's registry version (``metrics/NAME.json``) and, on an MLflow server, its page."""
+    name, version = m.metrics.get("registered_model"), m.metrics.get("model_version")
+    if not name or version is None:
+        return {}
+    server = str(m.run.get("tracking_uri", ""))
+    url = f"{server.rstrip('/')}/#/models/{name}/versions/{version}" if server.startswith(("http://", "https://")) \
+        else None
+    return {"registered": f"models:/{name}/{version}", "registered_url": url}
 
 
 def _ceiling_row(m: ModelInputs) -> Row:
@@ -267,6 +281,8 @@ def columns(inputs: ReportInputs) -> list[Column]:
         ("images seen", lambda r: fmt(r.images_seen, "int")),
         ("N", lambda r: fmt(r.num_samples, "int")),
     ]
+    if any(m.metrics.get("model_version") is not None for m in inputs.models.values()):
+        cols.append(("registered", lambda r: r.registered or ""))
     return cols
 
 
