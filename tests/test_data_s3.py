@@ -90,7 +90,7 @@ def test_s3_errors_are_one_line_and_say_what_to_do(s3_env, tmp_path: Path, monke
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_env.secret_key)
     with pytest.raises(FetchError, match="no-such-bucket.*NoSuchBucket"):
         fetch(DataConfig(source="s3://no-such-bucket/x"), out)
-    with pytest.raises(FetchError, match="missing train-images-idx3-ubyte"):
+    with pytest.raises(FetchError, match="empty-prefix: no images: lay it out as"):
         fetch(DataConfig(source=f"s3://{BUCKET}/empty-prefix"), out)
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens on port 9
