@@ -133,6 +133,9 @@ def test_given_train_and_test_folders_are_kept(tmp_path: Path) -> None:
         ({"a.png": "image"}, "1 images directly in it but no class subfolders: lay it out as <root>/<class name>/"),
         ({"notes.txt": "text"}, "no images: lay it out as <root>/<class name>/.*or the 4 IDX files"),
         ({"train/a/0.png": "image", "test/b/0.png": "image"}, "test/: classes b have no images in .*/train/"),
+        ({"train/a/0.png": "image", "test/a/0.png": "image", "extra/0.png": "image"},
+         "has train/ and test/ but also images in extra: put every class folder under both"),
+        ({"train/a/0.png": "image", "test/0.png": "image"}, "src/test/0.png: not in a class folder"),
     ],
 )
 def test_layouts_that_cannot_work_say_how_to_lay_it_out(tmp_path: Path, files: dict, needle: str) -> None:

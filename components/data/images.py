@@ -67,41 +67,44 @@ def plan_folder(entries: list[str], where: str, test_fraction: float, seed: int)
         raise ImageFolderError(f"{where}: {found}: {LAYOUT_HINT}")
     tops = {e.split("/", 1)[0] for e in entries if "/" in e}
     presplit = {"train", "test"} <= tops
-    roots = ["train/", "test/"] if presplit else [""]
-    if presplit and (stray := sorted(t for t in tops if t not in ("train", "test") and any(
-            f.startswith(f"{t}/") for f in images))):
-        raise ImageFolderError(f"{where}: has train/ and test/ but also images in {', '.join(stray)}/: "
+    if presplit and (stray := sorted({f.split("/", 1)[0] for f in images} - {"train", "test"})):
+        raise ImageFolderError(f"{where}: has train/ and test/ but also images in {', '.join(stray)}: "
                                "put every class folder under both train/ and test/")
-    by_split: dict[str, dict[str, list[str]]] = {}
-    folders: set[str] = set()
-    for split_root in roots:
-        classes: dict[str, list[str]] = {}
-        for entry in entries:
-            if not entry.startswith(split_root) or "/" not in entry[len(split_root):]:
-                continue
-            cls, _, rest = entry[len(split_root):].partition("/")
-            folders.add(split_root + cls)
-            if rest and is_image(rest) and not entry.endswith("/"):
-                classes.setdefault(cls, []).append(entry)
-        loose = [f for f in images if f.startswith(split_root) and "/" not in f[len(split_root):]]
-        if presplit and loose:
+    groups: dict[str, dict[str, list[str]]] = {}  # "" (no given split) / "train" / "test" -> class -> paths
+    empty: list[str] = []
+    for root in ("train", "test") if presplit else ("",):
+        prefix = f"{root}/" if root else ""
+        if presplit and (loose := [f for f in images if f.startswith(prefix) and f.count("/") == 1]):
             raise ImageFolderError(f"{where}/{loose[0]}: not in a class folder: move it into "
-                                   f"{where}/{split_root}<class name>/")
-        by_split[split_root.rstrip("/") or "all"] = classes
-    class_names = sorted(by_split["train" if presplit else "all"])
-    used = {root + cls for root in roots for cls in by_split[root.rstrip("/") or "all"]}
-    empty = sorted(f for f in folders if f not in used and f not in ("train", "test"))
-    if presplit and (unknown := sorted(set(by_split["test"]) - set(class_names))):
+                                   f"{where}/{prefix}<class name>/")
+        groups[root], folders = _classes_under(entries, prefix)
+        empty += sorted(prefix + f for f in folders - set(groups[root]))
+    class_names = sorted(groups["train" if presplit else ""])
+    if presplit and (unknown := sorted(set(groups["test"]) - set(class_names))):
         raise ImageFolderError(f"{where}/test/: classes {', '.join(unknown)} have no images in {where}/train/: "
                                "every test class needs training images")
     index = {name: i for i, name in enumerate(class_names)}
     if presplit:
-        items = {s: sorted((p, index[c]) for c, paths in by_split[s].items() for p in paths) for s in ("train", "test")}
+        items = {s: sorted((p, index[c]) for c, paths in groups[s].items() for p in paths) for s in ("train", "test")}
     else:
-        items = _split_classes(by_split["all"], index, test_fraction, seed)
-    used_files = sum(len(v) for v in items.values())
-    return FolderPlan(class_names, items, "train-test-folders" if presplit else "class-folders", empty,
-                      ignored_files=len(files) - used_files)
+        items = _split_classes(groups[""], index, test_fraction, seed)
+    used = sum(len(v) for v in items.values())
+    return FolderPlan(class_names, items, "train-test-folders" if presplit else "class-folders", sorted(empty),
+                      ignored_files=len(files) - used)
+
+
+def _classes_under(entries: list[str], prefix: str) -> tuple[dict[str, list[str]], set[str]]:
+    """Under ``prefix``: class folder -> its image paths (any depth), and every first-level folder name."""
+    classes: dict[str, list[str]] = {}
+    folders: set[str] = set()
+    for entry in entries:
+        if not entry.startswith(prefix) or "/" not in entry[len(prefix):]:
+            continue  # outside prefix, or a file directly in it
+        cls, _, rest = entry[len(prefix):].partition("/")
+        folders.add(cls)
+        if rest and not rest.endswith("/") and is_image(rest):
+            classes.setdefault(cls, []).append(entry)
+    return classes, folders
 
 
 def _split_classes(classes: dict[str, list[str]], index: dict[str, int], fraction: float,
