@@ -258,7 +258,7 @@ def _local_folder(source: str) -> tuple[list[str], Callable[[str], bytes]]:
     if not folder.is_dir():
         raise FetchError(f"data.source={source!r}: not fashion-mnist, mnist, synthetic, an s3:// URI or a folder")
     entries = []
-    for here, dirs, files in os.walk(folder):
+    for here, dirs, files in os.walk(folder, followlinks=True):  # as torchvision's ImageFolder
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         rel = Path(here).relative_to(folder).as_posix()
         prefix = "" if rel == "." else f"{rel}/"
