@@ -401,7 +401,8 @@ class Loaded:
 
 
 # names that make a folder an IDX/npz source (otherwise it is read as an image folder)
-_ARRAY_FILES = {"train.npz", "test.npz"} | {f"{n}{gz}" for pair in IDX_FILES.values() for n in pair for gz in ("", ".gz")}
+_ARRAY_FILES = {"train.npz", "test.npz"} | {
+    f"{name}{gz}" for pair in IDX_FILES.values() for name in pair for gz in ("", ".gz")}
 
 
 def _folder_source(cfg: DataConfig) -> Loaded:
@@ -469,7 +470,8 @@ def fetch(cfg: DataConfig, out_dir: str | Path, progress: bool = False) -> dict[
         if num_classes > len(class_names):
             raise FetchError(f"{mirror}: label {num_classes - 1} out of range for {len(class_names)} classes")
         splits = _prepare(splits, cfg, mirror)
-        shards = {split: write_split(tmp, split, images, labels, cfg.shard_mb) for split, (images, labels) in splits.items()}
+        shards = {split: write_split(tmp, split, images, labels, cfg.shard_mb)
+                  for split, (images, labels) in splits.items()}
         meta = {
             "format": FORMAT,
             "source": cfg.source,
