@@ -39,21 +39,40 @@ class StrictModel(BaseModel):
 
 # --------------------------------------------------------------------------- data
 class DataConfig(StrictModel):
-    """Where the images come from and how much of them to use.
+    """Where the images come from, their shape, and how much of them to use.
 
-    ``source`` is ``fashion-mnist``, ``mnist``, ``synthetic``, ``s3://bucket/prefix`` or a
-    local directory holding IDX files (``*-idx3-ubyte[.gz]``) or ``train.npz``/``test.npz``.
+    ``source`` is ``fashion-mnist``, ``mnist``, ``synthetic``, or a local folder /
+    ``s3://bucket/prefix`` holding IDX files (``*-idx3-ubyte[.gz]``) or ``train.npz``/``test.npz``,
+    or else labelled images in class subfolders (``<root>/<class name>/*.png|jpg|jpeg|webp``,
+    optionally under ``train/`` and ``test/``).
     """
 
     source: str = "fashion-mnist"
     train_subset: PositiveInt | None = Field(None, description="class-balanced subset of the train split")
     test_subset: PositiveInt | None = Field(None, description="class-balanced subset of the test split")
     seed: NonNegativeInt = 0
-    image_size: Literal[28, 32] = Field(28, description="28 keeps the data as is; 32 zero-pads 2 pixels a side")
+    channels: Literal[1, 3] = Field(1, description="1 = grayscale, 3 = RGB; image folders are converted to it")
+    image_size: Literal[28, 32, 64] = Field(
+        28, description="image folders: shorter side resized to it, centre-cropped; IDX/npz: 28 as is, 32 zero-pads")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="image folders without train/ and test/: "
+                                 "share of each class held out (seeded by data.seed)")
+    skip_unreadable: bool = Field(False, description="image folders: skip files that cannot be decoded "
+                                  "(counted in meta.json) instead of failing")
+    shard_mb: PositiveInt = Field(16, description="at most this many MiB of pixels per prepared Parquet shard")
     s3_endpoint_url: str | None = Field(None, description="S3 endpoint; AWS_ENDPOINT_URL wins when set")
     mirrors: list[str] | None = Field(None, description="override the built-in mirror list (dirs or URLs)")
     synthetic_train_size: PositiveInt = 12_000
     synthetic_test_size: PositiveInt = 2_000
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> DataConfig:
+        if self.source in ("fashion-mnist", "mnist", "synthetic") and self.channels != 1:
+            raise ValueError(f"data.channels={self.channels}: data.source={self.source} is grayscale "
+                             "(set data.channels: 1, or point data.source at a folder of RGB images)")
+        if self.source in ("fashion-mnist", "mnist") and self.image_size == 64:
+            raise ValueError(f"data.image_size=64: data.source={self.source} is 28x28 (28 keeps it, 32 pads it); "
+                             "64 needs an image folder or data.source: synthetic")
+        return self
 
     @property
     def name(self) -> str:
@@ -175,9 +194,15 @@ class DDPMConfig(TrainBase):
             raise ValueError(f"sample_steps ({self.sample_steps}) must not exceed timesteps ({self.timesteps})")
         if self.schedule == "linear" and not self.beta_start < self.beta_end < 1:
             raise ValueError("linear schedule needs 0 < beta_start < beta_end < 1")
-        if len(self.channel_mults) > 3:
-            raise ValueError("channel_mults: at most 3 levels for 28x28/32x32 images")
         return self
+
+
+def unet_levels(size: int) -> int:
+    """UNet levels an image of ``size`` px supports: 1 + the halvings of an even size >= 8 (28: 3, 32: 4, 64: 5)."""
+    levels = 1
+    while size % 2 == 0 and size >= 8:
+        levels, size = levels + 1, size // 2
+    return levels
 
 
 ModelConfig = Annotated[
@@ -254,6 +279,10 @@ class PipelineConfig(StrictModel):
         for name, cfg in self.train.items():
             if cfg.precision == "bf16" and not self.ray.use_gpu:
                 raise ValueError(f"train.{name}.precision: bf16 needs ray.use_gpu (it is slow on CPU)")
+            if isinstance(cfg, DDPMConfig) and len(cfg.channel_mults) > (most := unet_levels(self.data.image_size)):
+                raise ValueError(f"train.{name}.channel_mults: {len(cfg.channel_mults)} levels, but "
+                                 f"data.image_size={self.data.image_size} allows at most {most} (each level "
+                                 "halves an even size, down to 4 px or an odd size)")
         return self
 
     @property

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from components import tracking
-from components.data.dataset import load_split
+from components.data.dataset import DataError, Split, load_split
 from components.distributed.jobs import features_job, merge_chunks
 from components.distributed.runner import StorageError, run_job, run_name
 from components.io import write_json
@@ -42,6 +42,7 @@ def main() -> None:
     name, ecfg = args.model, cfg.evaluate
     models, samples_dir = Path(args.models_dir), Path(args.samples_dir) / args.model
     run = tracking.read_run_file(models / name)
+    test = load_split(args.data, "test")  # verified against meta.json before any work
     uri = tracking.resolve_tracking_uri(cfg.mlflow)
     tracking.check_reachable(uri)
 
@@ -62,7 +63,7 @@ def main() -> None:
     scores = sample_metrics(real, features["samples"]["features"], ecfg)
     if model.is_conditional:
         scores["cond_acc"] = conditional_accuracy(features["samples"]["predicted"], labels)
-    scores.update(_held_out(model, args.data, ecfg.seed))
+    scores.update(_held_out(model, test, ecfg.seed))
     ceiling = sample_metrics(real, features["ceiling"]["features"], ecfg, full=False)
     floor = _read_json(Path("metrics/evaluator.json"))
     out = {"model": name, "family": model.family, "kind": tracking.FAMILY_KIND[model.family],
@@ -86,9 +87,8 @@ def main() -> None:
           f"recall {scores['recall']:.3f}; registered {registered.uri} (champion: version {registered.champion})")
 
 
-def _held_out(model, data_dir: str, seed: int) -> dict[str, float]:
+def _held_out(model, test: Split, seed: int) -> dict[str, float]:
     """The family's own scores on real test images (empty for GANs)."""
-    test = load_split(data_dir, "test")
     images = torch.as_tensor(test.images[:HELD_OUT_IMAGES]).float().div(127.5).sub(1.0)
     labels = torch.as_tensor(test.labels[:HELD_OUT_IMAGES])
     model.eval()
@@ -108,4 +108,4 @@ def _read_json(path: Path) -> dict:
 
 
 if __name__ == "__main__":
-    run_main(main, StorageError, tracking.TrackingError, FileNotFoundError)
+    run_main(main, StorageError, DataError, tracking.TrackingError, FileNotFoundError)

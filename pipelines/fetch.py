@@ -1,4 +1,4 @@
-"""Stage ``fetch``: get the configured data set into ``data/prepared/`` (train.npz, test.npz, meta.json).
+"""Stage ``fetch``: get the configured data set into ``data/prepared/`` (Parquet shards + meta.json, docs/data.md).
 
     python -m pipelines.fetch [--params params.yaml] [--out data/prepared] [--set data.train_subset=1000 ...]
 
@@ -42,9 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     c, h, w = meta["shape"]
+    skipped = f", {n} unreadable files skipped" if (n := meta["skipped_unreadable"]) else ""
     print(
         f"fetch: {meta['name']} train={meta['counts']['train']} test={meta['counts']['test']} "
-        f"({c}x{h}x{w}, {len(meta['class_names'])} classes) from {meta['mirror']} "
+        f"({c}x{h}x{w}, {len(meta['class_names'])} classes, {len(meta['prepared_sha256'])} shards{skipped}) "
+        f"from {meta['mirror']} "
         f"-> {args.out} in {time.perf_counter() - start:.1f} s"
     )
     return 0

@@ -92,8 +92,32 @@ def test_cross_field_rules(tmp_path):
 
 def test_image_size_must_be_supported(tmp_path):
     params = minimal()
-    params["data"] = {"image_size": 64}
+    params["data"] = {"image_size": 48}
     assert any(p.startswith("data.image_size:") for p in problems(tmp_path, params))
+
+
+@pytest.mark.parametrize(
+    ("data", "train", "needle"),
+    [
+        ({"image_size": 64}, {}, "data.image_size=64: data.source=fashion-mnist is 28x28"),
+        ({"channels": 3, "source": "synthetic"}, {}, "data.channels=3: data.source=synthetic is grayscale"),
+        ({"image_size": 28}, {"ddpm_small": {"family": "ddpm", "channel_mults": [1, 1, 2, 2]}},
+         "train.ddpm_small.channel_mults: 4 levels, but data.image_size=28 allows at most 3"),
+    ],
+)
+def test_shape_combinations_that_cannot_work_name_their_fields(tmp_path, data, train, needle):
+    params = minimal()
+    params["data"] = data
+    params["train"].update(train)
+    assert any(needle in p for p in problems(tmp_path, params)), problems(tmp_path, params)
+
+
+def test_rgb_64px_image_folder_with_a_deep_unet_validates(tmp_path):
+    params = minimal()
+    params["data"] = {"source": str(tmp_path), "channels": 3, "image_size": 64}
+    params["train"]["ddpm_small"]["channel_mults"] = [1, 1, 2, 2, 2]
+    cfg = load_config(write_params(tmp_path, params))
+    assert (cfg.data.channels, cfg.data.image_size) == (3, 64)
 
 
 def test_overrides_and_precedence(tmp_path):

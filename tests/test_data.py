@@ -145,9 +145,9 @@ def test_known_source_from_local_mirror(tmp_path: Path, fake_fashion: tuple[Path
     train = load_split(tmp_path / "out", "train")
     np.testing.assert_array_equal(train.images[:, 0], splits["train"][0])
     assert json.loads((tmp_path / "out" / "meta.json").read_text()) == meta
-    for name in ("train.npz", "test.npz"):
-        digest = hashlib.sha256((tmp_path / "out" / name).read_bytes()).hexdigest()
-        assert meta["prepared_sha256"][name] == digest
+    assert sorted(meta["prepared_sha256"]) == ["test/part-00000.parquet", "train/part-00000.parquet"]
+    for name, want in meta["prepared_sha256"].items():
+        assert hashlib.sha256((tmp_path / "out" / name).read_bytes()).hexdigest() == want
 
 
 def test_checksum_catches_a_flipped_byte(tmp_path: Path, fake_fashion: tuple[Path, dict]) -> None:
@@ -208,15 +208,15 @@ def test_failed_fetch_leaves_nothing_and_keeps_a_good_output(tmp_path: Path) -> 
     out = tmp_path / "prepared"
     bad = DataConfig(source=str(tmp_path / "empty"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FetchError, match="missing train-images-idx3-ubyte"):
+    with pytest.raises(FetchError, match="empty: no images: lay it out as.*or the 4 IDX files"):
         fetch(bad, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # no output, no temp folder
 
     fetch(DataConfig(source="synthetic", synthetic_train_size=50, synthetic_test_size=20), out)
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     with pytest.raises(FetchError):
         fetch(DataConfig(source="synthetic", synthetic_train_size=50, train_subset=60), out)
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "prepared"]
 
 
@@ -316,7 +316,8 @@ def test_stage_cli(tmp_path: Path) -> None:
     done = run_stage("--params", str(params), "--out", str(out), "--set", "data.train_subset=60")
     assert done.returncode == 0, done.stderr
     assert "train=60 test=40" in done.stdout and "synthetic" in done.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "test.npz", "train.npz"]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        "meta.json", "test", "test/part-00000.parquet", "train", "train/part-00000.parquet"]
     meta = json.loads((out / "meta.json").read_text())
     assert meta["train_subset"] == 60 and meta["class_counts"]["train"] == [6] * 10
     assert load_split(out, "train").images.shape == (60, 1, 28, 28)

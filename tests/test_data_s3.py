@@ -90,10 +90,31 @@ def test_s3_errors_are_one_line_and_say_what_to_do(s3_env, tmp_path: Path, monke
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_env.secret_key)
     with pytest.raises(FetchError, match="no-such-bucket.*NoSuchBucket"):
         fetch(DataConfig(source="s3://no-such-bucket/x"), out)
-    with pytest.raises(FetchError, match="missing train-images-idx3-ubyte"):
+    with pytest.raises(FetchError, match="empty-prefix: no images: lay it out as"):
         fetch(DataConfig(source=f"s3://{BUCKET}/empty-prefix"), out)
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens on port 9
     with pytest.raises(FetchError, match="cannot reach S3 endpoint http://127.0.0.1:9"):
         fetch(DataConfig(source=f"s3://{BUCKET}/sets/tiny"), out)
     assert not out.exists()
+
+
+def test_image_folder_on_s3_gives_the_same_shards_as_on_disk(s3_env, tmp_path: Path) -> None:
+    from test_image_folder import write_folder
+
+    local = tmp_path / "images"
+    write_folder(local)
+    client = s3_env.client()
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        client.put_object(Bucket=BUCKET, Key=f"folders/pets/{path.relative_to(local).as_posix()}", Body=path.read_bytes())
+    client.put_object(Bucket=BUCKET, Key="folders/pets/empty/", Body=b"")  # a console-made "folder"
+    settings = {"channels": 3, "image_size": 32, "skip_unreadable": True, "seed": 5}
+    on_disk = fetch(DataConfig(source=str(local), **settings), tmp_path / "disk")
+    on_s3 = fetch(DataConfig(source=f"s3://{BUCKET}/folders/pets", **settings), tmp_path / "s3")
+    assert on_s3["prepared_sha256"] == on_disk["prepared_sha256"] and on_s3["raw_sha256"] == on_disk["raw_sha256"]
+    assert on_s3["class_names"] == ["bird", "cat", "dog"] and on_s3["empty_class_folders"] == ["empty"]
+    assert on_s3["skipped_files"] == [f"s3://{BUCKET}/folders/pets/dog/broken.png"] and on_s3["name"] == "s3-pets"
+    for name in on_disk["prepared_sha256"]:
+        assert (tmp_path / "s3" / name).read_bytes() == (tmp_path / "disk" / name).read_bytes()
+    with pytest.raises(FetchError, match=r"folders/pets/dog/broken.png: cannot decode"):
+        fetch(DataConfig(source=f"s3://{BUCKET}/folders/pets", channels=3), tmp_path / "bad")

@@ -1,4 +1,4 @@
-"""Reading the prepared data set written by the fetch stage."""
+"""Reading the prepared data set written by the fetch stage (``meta.json`` + Parquet shards)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from components.data.shards import FORMAT, REFETCH, ShardError, read_split
 from components.models.base import DataSpec
 
 
@@ -25,28 +26,32 @@ class Split:
 
 
 def load_split(data_dir: str | Path, split: str) -> Split:
-    """Load ``train`` or ``test`` from ``data_dir/<split>.npz`` as ``(N, C, H, W)`` uint8."""
-    path = Path(data_dir) / f"{split}.npz"
-    if not path.exists():
-        raise DataError(f"{path} not found: run `python -m pipelines.fetch` (or `dvc repro fetch`) first")
+    """Load ``train`` or ``test`` from ``data_dir``'s shards, each verified against ``meta.json``.
+
+    Raises:
+        DataError: one line naming the missing, truncated or corrupt file and saying to re-run fetch.
+    """
+    meta = load_meta(data_dir)
     try:
-        with np.load(path) as npz:
-            images, labels = npz["images"], npz["labels"]
-    except (OSError, KeyError, ValueError) as exc:
-        raise DataError(f"{path} is corrupt ({exc}): delete it and re-run the fetch stage") from None
-    if images.ndim == 3:  # (N, H, W) -> (N, 1, H, W)
-        images = images[:, None]
-    if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(labels):
-        raise DataError(f"{path}: expected uint8 images (N, C, H, W) and N labels, got {images.dtype} {images.shape}")
-    return Split(images=images, labels=labels.astype(np.int64))
+        images, labels = read_split(Path(data_dir), split, meta)
+    except ShardError as exc:
+        raise DataError(str(exc)) from None
+    return Split(images=images, labels=labels)
 
 
 def load_meta(data_dir: str | Path) -> dict:
-    """The fetch stage's ``meta.json`` (source, checksums, class names, counts)."""
+    """The fetch stage's ``meta.json`` (source, shards and their checksums, class names, counts)."""
     path = Path(data_dir) / "meta.json"
     if not path.exists():
-        raise DataError(f"{path} not found: run the fetch stage first")
-    return json.loads(path.read_text())
+        raise DataError(f"{path} not found: run `python -m pipelines.fetch` (or `dvc repro fetch`) first")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path} is unreadable ({exc}): {REFETCH}") from None
+    if meta.get("format") != FORMAT:
+        raise DataError(f"{path}: written by an older fetch stage (format {meta.get('format', 'npz')!r}, "
+                        f"this code reads {FORMAT!r}): {REFETCH}")
+    return meta
 
 
 def spec_from_meta(meta: dict) -> DataSpec:

@@ -1,11 +1,12 @@
 """The fetch stage's library: get a data set, check it, cut a class-balanced subset, write it.
 
-Output (``out_dir``, replaced atomically): ``train.npz`` and ``test.npz`` with ``images`` uint8
-``(N, 1, H, W)`` and ``labels`` int64 ``(N,)``, and ``meta.json`` (source, checksums, counts).
-Sources, by ``DataConfig.source``: ``fashion-mnist`` / ``mnist`` (official IDX files from a
-mirror list, local folders first), ``synthetic`` (drawn, no I/O), ``s3://bucket/prefix`` or a
-local folder holding the four IDX files (raw or ``.gz``) or ``train.npz`` / ``test.npz``.
-"""
+Output (``out_dir``, replaced atomically): Parquet shards ``train/part-*.parquet`` and
+``test/part-*.parquet`` (uint8 ``(C, H, W)`` pixels + int64 label per row, see ``shards.py``) and
+``meta.json`` (source, checksums, counts, class names, shape). Sources, by ``DataConfig.source``:
+``fashion-mnist`` / ``mnist`` (official IDX files from a mirror list, local folders first),
+``synthetic`` (drawn, no I/O), or a local folder / ``s3://bucket/prefix`` holding either the four
+IDX files (raw or ``.gz``) or ``train.npz`` / ``test.npz`` at its top level, or else class
+subfolders of images (``images.py``)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ import numpy as np
 
 from components.config import DataConfig
 from components.data.idx import GZIP_MAGIC, IdxError, gunzip_if_needed, parse_idx
+from components.data.images import ImageFolderError, decode_folder, folder_meta, plan_folder
+from components.data.shards import FORMAT, write_split
 from components.data.synthetic import SYNTHETIC_CLASSES, make_synthetic
 from components.io import atomic_dir
 
@@ -248,15 +251,23 @@ def _splits_from_folder(names: set[str], read: Callable[[str], bytes], where: st
     return _splits_from_idx(raw_files, where), {n: sha256_hex(b) for n, b in raw_files.items()}
 
 
-def _local_folder(source: str) -> tuple[set[str], Callable[[str], bytes]]:
+def _local_folder(source: str) -> tuple[list[str], Callable[[str], bytes]]:
+    """A recursive listing of a local folder (relative POSIX paths, folders end with ``/``; hidden names
+    skipped) and a reader of one relative path."""
     folder = Path(source).expanduser()
     if not folder.is_dir():
         raise FetchError(f"data.source={source!r}: not fashion-mnist, mnist, synthetic, an s3:// URI or a folder")
-    return {p.name for p in folder.iterdir() if p.is_file()}, lambda name: (folder / name).read_bytes()
+    entries = []
+    for here, dirs, files in os.walk(folder, followlinks=True):  # as torchvision's ImageFolder
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        rel = Path(here).relative_to(folder).as_posix()
+        prefix = "" if rel == "." else f"{rel}/"
+        entries += [f"{prefix}{d}/" for d in dirs] + [f"{prefix}{f}" for f in sorted(files) if not f.startswith(".")]
+    return entries, lambda name: (folder / name).read_bytes()
 
 
-def _s3_folder(uri: str, cfg: DataConfig) -> tuple[set[str], Callable[[str], bytes]]:
-    """List the objects directly under ``s3://bucket/prefix``; credentials come from the environment only."""
+def _s3_folder(uri: str, cfg: DataConfig) -> tuple[list[str], Callable[[str], bytes]]:
+    """List every object under ``s3://bucket/prefix`` (relative keys); credentials come from the environment only."""
     import boto3
     from botocore.config import Config
 
@@ -269,15 +280,16 @@ def _s3_folder(uri: str, cfg: DataConfig) -> tuple[set[str], Callable[[str], byt
         "s3",
         endpoint_url=endpoint,
         region_name=session.region_name or "us-east-1",
-        config=Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 2}),
+        config=Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 2}, max_pool_connections=16),
     )
     try:
-        names = set()
+        entries = []
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             relative = (obj["Key"].removeprefix(prefix) for obj in page.get("Contents", []))
-            names |= {name for name in relative if "/" not in name}  # direct children only
+            entries += [name for name in relative if name and not any(p.startswith(".") for p in name.split("/"))]
     except Exception as exc:  # noqa: BLE001 - botocore raises many types; _s3_error sorts them
         raise _s3_error(uri, endpoint, exc) from None
+    entries.sort()
 
     def read(name: str) -> bytes:
         try:
@@ -285,7 +297,7 @@ def _s3_folder(uri: str, cfg: DataConfig) -> tuple[set[str], Callable[[str], byt
         except Exception as exc:  # noqa: BLE001
             raise _s3_error(f"{uri.rstrip('/')}/{name}", endpoint, exc) from None
 
-    return names, read
+    return entries, read
 
 
 # S3 error codes that mean "these credentials are wrong" (SeaweedFS/AWS/MinIO spellings)
@@ -362,6 +374,9 @@ def _prepare(splits: Splits, cfg: DataConfig, where: str) -> Splits:
     subsets = {"train": cfg.train_subset, "test": cfg.test_subset}
     out: Splits = {}
     for split, (images, labels) in splits.items():
+        if images.shape[1] != cfg.channels:
+            raise FetchError(f"{where} {split}: images have {images.shape[1]} channel(s) but "
+                             f"data.channels={cfg.channels}: set data.channels: {images.shape[1]}")
         if subsets[split] is not None:
             keep = balanced_subset(labels, subsets[split], cfg.seed, split)
             images, labels = images[keep], labels[keep]
@@ -374,25 +389,65 @@ def _prepare(splits: Splits, cfg: DataConfig, where: str) -> Splits:
     return out
 
 
-def _load(cfg: DataConfig, scratch: Path, progress: bool) -> tuple[Splits, list[str] | None, dict[str, str], str]:
-    """Dispatch on ``cfg.source``: splits, class names (None = from labels), raw hashes, mirror."""
+@dataclass
+class Loaded:
+    """What a source gives before subsets and padding."""
+
+    splits: Splits
+    class_names: list[str] | None  # None = "0", "1", ... from the labels
+    raw_sha256: dict[str, str]  # of the source files
+    mirror: str  # where it came from
+    extra: dict[str, Any] = field(default_factory=dict)  # source-specific facts for meta.json
+
+
+# names that make a folder an IDX/npz source (otherwise it is read as an image folder)
+_ARRAY_FILES = {"train.npz", "test.npz"} | {
+    f"{name}{gz}" for pair in IDX_FILES.values() for name in pair for gz in ("", ".gz")}
+
+
+def _folder_source(cfg: DataConfig) -> Loaded:
+    """A local folder or S3 prefix: IDX/npz files at its top level, else class subfolders of images."""
+    where = cfg.source.rstrip("/")
+    entries, read = _s3_folder(cfg.source, cfg) if cfg.source.startswith("s3://") else _local_folder(cfg.source)
+    top = {e for e in entries if "/" not in e}
+    if top & _ARRAY_FILES:
+        splits, hashes = _splits_from_folder(top, read, where)
+        return Loaded(splits, None, hashes, cfg.source)
+    try:
+        plan = plan_folder(entries, where, cfg.test_fraction, cfg.seed)
+        decoded = decode_folder(plan, read, where, cfg.channels, cfg.image_size, cfg.skip_unreadable)
+    except ImageFolderError as exc:
+        if not any("/" in e for e in entries):  # loose files only: say both ways to lay it out
+            raise FetchError(f"{exc}; or put train.npz and test.npz, or the 4 IDX files "
+                             "(train-images-idx3-ubyte[.gz], ...), in it") from None
+        raise FetchError(str(exc)) from None
+    for split, (images, _) in decoded.splits.items():
+        if len(images) == 0:
+            raise FetchError(f"{where}: no decodable images for the {split} split: add images "
+                             "(each class needs 2 or more for a held-out split)")
+    return Loaded(decoded.splits, plan.class_names, {"image-folder": decoded.source_sha256}, cfg.source,
+                  folder_meta(plan, decoded))
+
+
+def _load(cfg: DataConfig, scratch: Path, progress: bool) -> Loaded:
+    """Dispatch on ``cfg.source``."""
     if cfg.source in KNOWN_SOURCES:
         known = KNOWN_SOURCES[cfg.source]
         raw_files, mirror = _fetch_known(known, cfg.mirrors or known.mirrors, scratch, progress)
         hashes = {name: sha256_hex(payload) for name, payload in raw_files.items()}
-        return _splits_from_idx(raw_files, mirror.rstrip("/")), known.class_names, hashes, mirror
+        return Loaded(_splits_from_idx(raw_files, mirror.rstrip("/")), known.class_names, hashes, mirror)
     if cfg.source == "synthetic":
         # Distinct seeds per split (2s, 2s+1) so test images are never copies of train images.
-        train = make_synthetic(cfg.synthetic_train_size, 2 * cfg.seed)
-        test = make_synthetic(cfg.synthetic_test_size, 2 * cfg.seed + 1)
-        return {"train": train, "test": test}, SYNTHETIC_CLASSES, {}, "generated"
-    names, read = _s3_folder(cfg.source, cfg) if cfg.source.startswith("s3://") else _local_folder(cfg.source)
-    splits, hashes = _splits_from_folder(names, read, cfg.source.rstrip("/"))
-    return splits, None, hashes, cfg.source
+        # Drawn at 28 px (32 pads it, as for the IDX sets) or at 64 px.
+        size = 64 if cfg.image_size == 64 else 28
+        train = make_synthetic(cfg.synthetic_train_size, 2 * cfg.seed, size)
+        test = make_synthetic(cfg.synthetic_test_size, 2 * cfg.seed + 1, size)
+        return Loaded({"train": train, "test": test}, SYNTHETIC_CLASSES, {}, "generated")
+    return _folder_source(cfg)
 
 
 def fetch(cfg: DataConfig, out_dir: str | Path, progress: bool = False) -> dict[str, Any]:
-    """Fetch ``cfg.source`` and write ``train.npz``, ``test.npz`` and ``meta.json`` to ``out_dir``.
+    """Fetch ``cfg.source`` and write Parquet shards and ``meta.json`` to ``out_dir`` (see shards.py).
 
     Everything happens inside one atomic folder: a failure leaves ``out_dir`` as it was.
 
@@ -408,29 +463,32 @@ def fetch(cfg: DataConfig, out_dir: str | Path, progress: bool = False) -> dict[
         FetchError: a one-line message naming the file or URI and what to do.
     """
     with atomic_dir(out_dir) as tmp:
-        splits, class_names, raw_sha256, mirror = _load(cfg, tmp, progress)
+        loaded = _load(cfg, tmp, progress)
+        splits, mirror = loaded.splits, loaded.mirror
         num_classes = int(max(labels.max() for _, labels in splits.values())) + 1
-        class_names = class_names or [str(i) for i in range(num_classes)]
+        class_names = loaded.class_names or [str(i) for i in range(num_classes)]
         if num_classes > len(class_names):
             raise FetchError(f"{mirror}: label {num_classes - 1} out of range for {len(class_names)} classes")
         splits = _prepare(splits, cfg, mirror)
-        prepared = {}
-        for split, (images, labels) in splits.items():
-            np.savez(tmp / f"{split}.npz", images=images, labels=labels)
-            prepared[f"{split}.npz"] = sha256_hex((tmp / f"{split}.npz").read_bytes())
+        shards = {split: write_split(tmp, split, images, labels, cfg.shard_mb)
+                  for split, (images, labels) in splits.items()}
         meta = {
+            "format": FORMAT,
             "source": cfg.source,
             "name": cfg.name,
             "shape": list(splits["train"][0].shape[1:]),
             "class_names": class_names,
             "counts": {split: len(labels) for split, (_, labels) in splits.items()},
             "class_counts": {s: np.bincount(y, minlength=len(class_names)).tolist() for s, (_, y) in splits.items()},
-            "raw_sha256": raw_sha256,
-            "prepared_sha256": prepared,
+            "raw_sha256": loaded.raw_sha256,
+            "shards": shards,
+            "prepared_sha256": {r["file"]: r["sha256"] for records in shards.values() for r in records},
             "seed": cfg.seed,
             "train_subset": cfg.train_subset,
             "test_subset": cfg.test_subset,
             "mirror": mirror,
+            "skipped_unreadable": 0,
+            **loaded.extra,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return meta
