@@ -12,7 +12,7 @@ import shutil
 
 import numpy as np
 
-from components import tracking
+from components import layout, tracking
 from components.config import flatten
 from components.data.dataset import DataError, data_checksum, load_meta, load_split, spec_from_meta
 from components.distributed.jobs import evaluator_job, merge_chunks
@@ -20,18 +20,20 @@ from components.distributed.runner import run_job, run_name
 from components.io import atomic_dir, write_json
 from components.metrics.suite import sample_metrics
 from components.training.checkpoint import CHECKPOINT_FILE, model_from_checkpoint
-from pipelines.common import load_or_exit, parser, run_main
+from pipelines.common import StageParser, load_or_exit, parser, run_main
 
-REFERENCE_FILE = "reference.npz"
+
+def arguments() -> StageParser:
+    """The stage's command line."""
+    p = parser(__doc__, plain=True)
+    p.path("--data", layout.DATA, help="the fetch stage's folder")
+    p.path("--out", layout.EVALUATOR_DIR, output=True, help="checkpoint, reference features, MLflow run id")
+    p.path("--metrics", layout.EVALUATOR_METRICS, output=True, help="test accuracy and the data floor")
+    return p
 
 
 def main() -> None:
-    p = parser(__doc__)
-    p.add_argument("--data", default="data/prepared")
-    p.add_argument("--out", default="models/evaluator")
-    p.add_argument("--metrics", default="metrics/evaluator.json")
-    p.add_argument("--plain", action="store_true", help="run in this process without Ray")
-    args = p.parse_args()
+    args = arguments().parse_args()
     cfg = load_or_exit(args)
     ecfg, n = cfg.evaluator, cfg.evaluate.num_samples
     meta, train, test = load_meta(args.data), load_split(args.data, "train"), load_split(args.data, "test")
@@ -71,7 +73,7 @@ def main() -> None:
     identity = classifier.checksum()
     with atomic_dir(args.out) as tmp:
         (tmp / CHECKPOINT_FILE).write_bytes(checkpoint)
-        np.savez(tmp / REFERENCE_FILE, test_features=features["test"]["features"],
+        np.savez(tmp / layout.REFERENCE_FILE, test_features=features["test"]["features"],
                  test_labels=test.labels[:test_n], train_features=features["train"]["features"])
         write_json(tmp / tracking.RUN_FILE, {"run_id": run_id, "experiment": cfg.experiment_name, "tracking_uri": uri})
     summary = {"test_accuracy": accuracy, "extractor_checksum": identity, "num_samples": test_n,
