@@ -273,9 +273,12 @@ def evaluator_job(job: dict[str, Any], session: Any) -> None:
     """Train the evaluator, then embed ``job["image_sets"]`` with it: one Ray job, one start-up.
 
     The final checkpoint holds ``checkpoint.pt`` and one folder of feature chunks per set, as
-    ``train_job`` and ``features_job`` would have written them.
+    ``train_job`` and ``features_job`` would have written them. Every rank embeds with rank 0's
+    state, the one saved: under DDP each rank's BatchNorm running statistics come from its own shard.
     """
     model, _ = _train(job, session)
+    for network in model.networks().values():
+        session.broadcast(network)
     epochs = model_config_from_dict(job["config"]).epochs
     with tempfile.TemporaryDirectory() as folder:
         if session.rank == 0:
