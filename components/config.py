@@ -26,9 +26,14 @@ from pydantic import (
     model_validator,
 )
 
-Family = Literal["gan", "cgan", "dcgan", "vae", "ddpm"]
-FAMILIES: tuple[str, ...] = ("gan", "cgan", "dcgan", "vae", "ddpm")
+from components.models import FAMILIES as _REGISTRY
+
+FAMILIES: tuple[str, ...] = tuple(_REGISTRY)  # the registry's generative families, in its order
+Family = Literal[FAMILIES]  # type: ignore[valid-type]
 PROFILE_DIR = "profiles"
+#: the sections every profile overlay holds (``{}`` where it changes nothing): DVC tracks each as a
+#: parameter of the stages that read it, so an overlay edit re-runs only those stages
+OVERLAY_SECTIONS = ("data", "ray", "sample", "evaluator", "evaluate", "families")
 
 
 class StrictModel(BaseModel):
@@ -327,13 +332,38 @@ def read_raw_params(path: str | Path, overrides: list[str] | None = None) -> dic
     overrides = overrides or []
     # The profile may itself come from --set, so look at it with the overrides applied.
     profile = apply_overrides(raw, overrides).get("profile", "default")
-    if profile != "default" and isinstance(profile, str):
+    if isinstance(profile, str):
         overlay_path = path.parent / PROFILE_DIR / f"{profile}.yaml"
         if not overlay_path.exists():
-            raise ConfigError(str(path), [f"profile: no overlay file {overlay_path}"])
-        overlay = yaml.safe_load(overlay_path.read_text()) or {}
-        raw = deep_merge(raw, overlay)
+            if profile != "default":
+                raise ConfigError(str(path), [f"profile: no overlay file {overlay_path}"])
+        else:
+            raw = apply_overlay(raw, yaml.safe_load(overlay_path.read_text()) or {}, str(overlay_path))
     return apply_overrides(raw, overrides)
+
+
+def apply_overlay(raw: dict[str, Any], overlay: dict[str, Any], source: str) -> dict[str, Any]:
+    """``raw`` params with a profile overlay merged in, section by section.
+
+    The overlay's ``families.F`` goes into every ``train`` section of family ``F``, so a new model
+    section (``ddpm_small: {family: ddpm}``) gets its family's settings.
+    """
+    overlay = dict(overlay)
+    problems = [f"{key}: not an overlay section (sections: {', '.join(OVERLAY_SECTIONS)})"
+                for key in overlay if key not in OVERLAY_SECTIONS]
+    if "train" in overlay:
+        problems = [p for p in problems if not p.startswith("train:")]
+        problems.append("train: overlays are keyed by family now: move these settings under families.<family>")
+    families = overlay.pop("families", None) or {}
+    problems += [f"families.{f}: not a model family (known: {', '.join(FAMILIES)})" for f in families
+                 if f not in FAMILIES]
+    if problems:
+        raise ConfigError(source, problems)
+    merged = copy.deepcopy(raw)
+    for name, section in (merged.get("train") or {}).items():
+        if isinstance(section, dict) and section.get("family") in families:
+            merged["train"][name] = deep_merge(section, families[section["family"]] or {})
+    return deep_merge(merged, overlay)
 
 
 def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> PipelineConfig:

@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from components.config import MlflowConfig
+from components.models import family_kind
 
 RUN_FILE = "mlflow_run.json"
-#: The shared metric vocabulary: the same name means the same thing for every family.
-FAMILY_KIND = {"gan": "gan", "cgan": "gan", "dcgan": "gan", "vae": "vae", "ddpm": "diffusion"}
 
 
 class TrackingError(RuntimeError):
@@ -254,7 +253,7 @@ def run_tags(*, family: str, model_name: str, seed: int, data_checksum: str, wor
     """The tags every run carries: what it is, where its code and data came from, what ran it."""
     tags = {
         "family": family,
-        "kind": FAMILY_KIND.get(family, family),
+        "kind": family_kind(family),
         "model_name": model_name,
         "seed": str(seed),
         "data_checksum": data_checksum,

@@ -71,7 +71,7 @@ def main() -> None:
     scores.update(_held_out(model, args.data, ecfg.seed))
     ceiling = sample_metrics(real, features["ceiling"]["features"], ecfg, full=False)
     floor = json.loads(Path(args.floor).read_text())
-    out = {"model": name, "family": model.family, "kind": tracking.FAMILY_KIND[model.family],
+    out = {"model": name, "family": model.family, "kind": model.kind,
            "num_samples": len(images), "ceiling_samples": len(sets["ceiling"]),
            "extractor_checksum": floor.get("extractor_checksum"), "parameters": model.num_parameters(),
            "train_steps": model.step, **scores,
