@@ -7,7 +7,6 @@ MLflow is imported inside functions so that models and the loop never need it.
 from __future__ import annotations
 
 import functools
-import io
 import json
 import os
 import platform
@@ -16,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,9 +167,6 @@ class RunLogger:
     def log_image(self, image: Any, key: str, step: int) -> None:
         self._queue.put(("image", image, key, step))
 
-    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self._queue.put(("artifact", str(path), artifact_path))
-
     # -- consumer side
     def _send_metrics(self, batch: list[tuple[dict[str, float], int, int]]) -> None:
         from mlflow.entities import Metric
@@ -206,10 +201,6 @@ class RunLogger:
                 _, image, key, step = item
                 self._guard(lambda i=image, k=key, s=step: self._client.log_image(self.run_id, i, key=k, step=s),
                             f"log_image {key}")
-            elif kind == "artifact":
-                _, path, artifact_path = item
-                self._guard(lambda p=path, a=artifact_path: self._client.log_artifact(self.run_id, p, a),
-                            f"log_artifact {path}")
             self._queue.task_done()
         if pending:
             self._send_metrics(pending)
@@ -229,23 +220,6 @@ class RunLogger:
         self._thread.join(timeout=60)
         self._drain()
         return self.errors
-
-
-def png_bytes(figure_or_array: Any) -> bytes:
-    """PNG bytes from a matplotlib figure or an HxW / HxWx3 uint8 array."""
-    buf = io.BytesIO()
-    if hasattr(figure_or_array, "savefig"):
-        figure_or_array.savefig(buf, format="png", bbox_inches="tight")
-    else:
-        from PIL import Image
-
-        Image.fromarray(figure_or_array).save(buf, format="png")
-    return buf.getvalue()
-
-
-def warn_errors(errors: list[str]) -> None:
-    if errors:
-        warnings.warn(f"{len(errors)} MLflow writes failed after retries: {errors[:3]}", stacklevel=2)
 
 
 def run_tags(*, family: str, model_name: str, seed: int, data_checksum: str, workers: int, profile: str,

@@ -19,7 +19,7 @@ import torch
 from components.config import model_config_from_dict
 from components.data.loader import TensorLoader
 from components.models import build_model
-from components.models.base import DataSpec, GenerativeModel, TrainableModel, unwrap
+from components.models.base import DataSpec, GenerativeModel, TrainableModel
 from components.training.checkpoint import (
     CHECKPOINT_FILE,
     checkpoint_payload,
@@ -299,7 +299,5 @@ def _embed_sets(model: TrainableModel, image_sets: dict[str, np.ndarray], batch_
         out.mkdir()
         for j, (start, stop) in tqdm(mine, desc=f"features {set_name}", disable=session.rank != 0):
             batch = torch.as_tensor(images[start:stop], device=session.device).float().div(127.5).sub(1.0)
-            with torch.no_grad():
-                features = model.embed(batch)
-                predicted = unwrap(model.net).head(features).argmax(dim=1)
+            features, predicted = model.embed_and_predict(batch)
             _save_array_chunk(out, j, features=features.double().cpu().numpy(), predicted=predicted.cpu().numpy())

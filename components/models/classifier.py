@@ -75,8 +75,8 @@ class FeatureExtractor(nn.Module):
     Usable directly as torchmetrics' ``FrechetInceptionDistance(feature=...)`` /
     ``KernelInceptionDistance(feature=...)``: it takes what ``update`` is given (uint8
     ``(B, C, H, W)``) and exposes ``num_features`` so torchmetrics does not probe it with a
-    3x299x299 dummy image. The pipeline instead extracts features once with
-    ``components.metrics.features.extract_features`` and reuses them for every metric.
+    3x299x299 dummy image. The pipeline instead extracts features once
+    (``Classifier.embed_and_predict`` in the features job) and reuses them for every metric.
 
     Args:
         net: the trained network; it is put in eval mode and frozen, so pass a copy if it is
@@ -182,11 +182,13 @@ class Classifier(TrainableModel):
         return net.embed(images)
 
     @torch.no_grad()
-    def logits(self, images: Tensor) -> Tensor:
-        """``(B, C, H, W)`` float in [-1, 1] -> ``(B, num_classes)`` logits, in eval mode."""
+    def embed_and_predict(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, C, H, W)`` float in [-1, 1] -> ``(B, feature_dim)`` embedding and ``(B,)`` predicted
+        classes (the arg-max of the head on that embedding), in eval mode."""
         net = unwrap(self.net)
         net.eval()
-        return net(images)
+        features = net.embed(images)
+        return features, net.head(features).argmax(dim=1)
 
     def feature_extractor(self) -> FeatureExtractor:
         """A frozen uint8-input snapshot of the current network (a copy: later steps do not change it)."""
