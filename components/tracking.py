@@ -9,19 +9,22 @@ from __future__ import annotations
 import functools
 import json
 import os
-import platform
 import queue
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from components import provenance
 from components.config import MlflowConfig
 from components.models import family_kind
+
+if TYPE_CHECKING:
+    from components.models.base import TrainableModel
+    from components.training.loop import EpochStats
 
 RUN_FILE = "mlflow_run.json"
 
@@ -66,33 +69,6 @@ def client(uri: str):
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
-
-
-def git_info(root: str | Path = ".") -> dict[str, str]:
-    """Current commit and whether the work tree has uncommitted changes.
-
-    ``dvc.lock`` does not count: DVC rewrites it after every stage of the very run being tagged.
-    """
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-
-    try:
-        return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": str(bool(git("status", "--porcelain", "--", ".", ":(exclude)dvc.lock")))}
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        return {"git_commit": "unknown", "git_dirty": "unknown"}
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries that decide a run's numbers."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "numpy", "ray", "mlflow", "dvc", "pydantic", "torchmetrics"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
 
 
 def get_or_create_experiment(uri: str, name: str) -> str:
@@ -234,8 +210,8 @@ def run_tags(*, family: str, model_name: str, seed: int, data_checksum: str, wor
         "ray_workers": str(workers),
         "profile": profile,
         "dvc_stage": stage,
-        **git_info(),
-        **{f"version.{k}": v for k, v in library_versions().items()},
+        **provenance.git_info(),
+        **{f"version.{k}": v for k, v in provenance.library_versions().items()},
     }
     return tags
 
@@ -257,3 +233,49 @@ def log_final_model(uri: str, run_id: str, networks: dict[str, Any], checkpoint:
         # pickle, not pt2: pt2 traces forward() with an example input, and these networks have several.
         mlflow.pytorch.log_model(torch.nn.ModuleDict(networks), name="model", serialization_format="pickle",
                                  pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+
+
+class MlflowCallback:
+    """A ``fit`` callback, rank 0 only: losses every log step, epoch speed, and a sample grid every
+    ``image_every`` epochs."""
+
+    def __init__(self, logger: RunLogger, world_size: int, image_every: int, epochs: int, grid_seed: int):
+        self.logger, self.world_size = logger, world_size
+        self.image_every, self.epochs, self.grid_seed = image_every, epochs, grid_seed
+
+    def on_train_start(self, model: TrainableModel, start_epoch: int) -> None:
+        del model, start_epoch
+
+    def on_log(self, model: TrainableModel, step: int, losses: dict[str, float]) -> None:
+        self.logger.log_metrics({f"train/{k}": v for k, v in losses.items()}, step)
+
+    def on_epoch_end(self, model: TrainableModel, stats: EpochStats) -> None:
+        done = stats.epoch + 1
+        self.logger.log_metrics({"train/epoch": done, "train/epoch_seconds": stats.seconds,
+                                 "train/images_per_s": stats.images_per_s * self.world_size,
+                                 **{f"train/epoch_{k}": v for k, v in stats.losses.items()}}, model.step)
+        from components.models.base import GenerativeModel
+        from components.report.grid import sample_grid
+
+        if isinstance(model, GenerativeModel) and (done % self.image_every == 0 or done == self.epochs):
+            self.logger.log_image(sample_grid(model, 64, self.grid_seed), key="samples", step=done)
+
+    def on_train_end(self, model: TrainableModel) -> None:
+        del model
+
+
+def start_tracking(tracking: dict[str, Any]) -> tuple[RunLogger, Any]:
+    """Rank 0 of a training job: the batched run logger and (optionally) MLflow's system-metrics monitor.
+
+    Args:
+        tracking: the job's ``{"uri", "run_id", "system_metrics"}``.
+    """
+    logger = RunLogger(tracking["uri"], tracking["run_id"])
+    monitor = None
+    if tracking.get("system_metrics"):
+        os.environ["MLFLOW_TRACKING_URI"] = tracking["uri"]
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(tracking["run_id"], resume_logging=True)
+        monitor.start()
+    return logger, monitor

@@ -19,7 +19,7 @@ import torch
 
 from components import layout, tracking
 from components.data.dataset import load_split
-from components.distributed.jobs import features_job, merge_chunks
+from components.distributed.inference_jobs import features_job, merge_chunks
 from components.distributed.runner import StorageError, run_job, run_name
 from components.io import write_json
 from components.metrics.conditional import conditional_accuracy

@@ -15,8 +15,9 @@ import numpy as np
 from components import layout, tracking
 from components.config import flatten
 from components.data.dataset import DataError, data_checksum, load_meta, load_split, spec_from_meta
-from components.distributed.jobs import evaluator_job, merge_chunks
+from components.distributed.inference_jobs import merge_chunks
 from components.distributed.runner import run_job, run_name
+from components.distributed.train_jobs import evaluator_job
 from components.io import atomic_dir, write_json
 from components.metrics.suite import sample_metrics
 from components.training.checkpoint import CHECKPOINT_FILE, model_from_checkpoint

@@ -18,10 +18,11 @@ import numpy as np
 import torch
 
 from components import layout, tracking
-from components.distributed.jobs import make_grid, merge_chunks, sample_job
+from components.distributed.inference_jobs import merge_chunks, sample_job
 from components.distributed.runner import StorageError, run_job, run_name
 from components.io import atomic_dir
 from components.models import build_model
+from components.report.grid import make_grid
 from components.training.checkpoint import CHECKPOINT_FILE, checkpoint_payload, load_checkpoint
 from pipelines.common import MODEL, StageParser, load_or_exit, parser, run_main
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from components import layout, tracking
 from components.data.dataset import DataError, data_checksum, load_meta, load_split, spec_from_meta
-from components.distributed.jobs import HISTORY_FILE, train_job, worker_records
 from components.distributed.runner import StorageError, check_storage, run_job, run_name, storage_root
+from components.distributed.train_jobs import HISTORY_FILE, train_job, worker_records
 from components.io import atomic_dir, atomic_path, write_json
 from components.report.curves import history_to_csv, plot_losses
 from components.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, model_from_checkpoint

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from components import tracking
+from components import provenance, tracking
 from components.config import MlflowConfig
 
 
@@ -21,15 +21,15 @@ def test_git_dirty_ignores_dvc_lock_but_not_code(tmp_path: Path) -> None:
     git(tmp_path, "commit", "-qm", "c")
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True,
                           check=True).stdout.strip()
-    assert tracking.git_info(tmp_path) == {"git_commit": head, "git_dirty": "False"}
+    assert provenance.git_info(tmp_path) == {"git_commit": head, "git_dirty": "False"}
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")  # written by the run being tagged
-    assert tracking.git_info(tmp_path)["git_dirty"] == "False"
+    assert provenance.git_info(tmp_path)["git_dirty"] == "False"
     (tmp_path / "code.py").write_text("x = 2\n")
-    assert tracking.git_info(tmp_path)["git_dirty"] == "True"
+    assert provenance.git_info(tmp_path)["git_dirty"] == "True"
 
 
 def test_git_info_outside_a_repository_says_unknown(tmp_path: Path) -> None:
-    assert tracking.git_info(tmp_path) == {"git_commit": "unknown", "git_dirty": "unknown"}
+    assert provenance.git_info(tmp_path) == {"git_commit": "unknown", "git_dirty": "unknown"}
 
 
 def test_tracking_uri_precedence(tmp_path: Path, monkeypatch) -> None:

@@ -13,8 +13,8 @@ import torch
 
 from components.config import GANConfig, VAEConfig
 from components.data.loader import TensorLoader
-from components.distributed.jobs import train_job
 from components.distributed.session import LocalSession
+from components.distributed.train_jobs import train_job
 from components.models import build_model
 from components.models.base import DataSpec
 from components.training.checkpoint import (

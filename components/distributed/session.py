@@ -1,6 +1,7 @@
 """Where a worker function runs: in this process (``LocalSession``) or as a Ray Train worker
-(``RaySession``). The worker bodies in ``jobs.py`` talk only to this small interface, so the
-same code runs with and without Ray; only ``RaySession`` imports Ray.
+(``RaySession``). The worker bodies (``train_jobs.py``, ``inference_jobs.py``) talk only to this
+small interface, the ``Session`` protocol, so the same code runs with and without Ray; only
+``RaySession`` imports Ray.
 """
 
 from __future__ import annotations

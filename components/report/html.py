@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from components.config import PipelineConfig
 from components.models import FAMILIES
+from components.provenance import git_info
 from components.report.leaderboard import (
     READING_NOTE,
     ReportInputs,
@@ -28,7 +29,6 @@ from components.report.leaderboard import (
     markdown_table,
     run_facts,
 )
-from components.tracking import git_info
 
 if TYPE_CHECKING:
     from matplotlib.axis import Axis

@@ -305,7 +305,7 @@ def run_facts(cfg: PipelineConfig, inputs: ReportInputs, git: dict[str, str]) ->
     Args:
         cfg: the resolved pipeline config (profile, seeds, bootstrap repeats).
         inputs: from :func:`load_inputs`.
-        git: ``components.tracking.git_info()`` of the project.
+        git: ``components.provenance.git_info()`` of the project.
 
     Returns:
         Data set, N, extractor, seeds, code version, profile, MLflow experiment and run ids.
