@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from components import provenance
 from components.config import MlflowConfig
@@ -93,6 +93,47 @@ def start_run(uri: str, experiment: str, run_name: str, tags: dict[str, str], pa
         c.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
     c.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
     return run_id
+
+
+@dataclass
+class StageRun:
+    """A stage's handle on one MLflow run (driver side, one process): what the stages log after
+    their Ray job, so none of them calls the MLflow client by hand.
+
+    Use as a context manager to end the run: FINISHED when the block completes, FAILED when it
+    raises (``end=False`` leaves the status alone, for a run another stage opened and ended).
+    """
+
+    uri: str
+    run_id: str
+    end: bool = True
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if self.end:
+            status = "FINISHED" if exc_type is None else "FAILED"
+            _retry(lambda: client(self.uri).set_terminated(self.run_id, status), f"end run {self.run_id}")
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        """Log numeric values at ``step`` in one batch (bools and non-numbers are skipped)."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        _retry(lambda: client(self.uri).log_batch(self.run_id, metrics=batch), "log_batch")
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        _retry(lambda: client(self.uri).log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]),
+               "set tags")
+
+    def log_image(self, image: Any, key: str) -> None:
+        """An ``HxW`` / ``HxWx3`` uint8 image under ``images/`` (as MLflow's ``log_image`` keys it)."""
+        _retry(lambda: client(self.uri).log_image(self.run_id, image, key=key), f"log_image {key}")
 
 
 def read_run_file(model_dir: str | Path) -> dict[str, str]:

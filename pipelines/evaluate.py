@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -78,13 +77,9 @@ def main() -> None:
            **{f"ceiling_{k}": v for k, v in ceiling.items()},
            **{f"floor_{k}": v for k, v in floor.get("floor", {}).items()}}
     write_json(args.out, out)
-    c = tracking.client(uri)
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    c.log_batch(run["run_id"], metrics=[Metric(f"eval/{k}", float(v), now, 0) for k, v in out.items()
-                                        if isinstance(v, (int, float)) and not isinstance(v, bool)])
-    c.set_tag(run["run_id"], "extractor_checksum", str(out["extractor_checksum"]))
+    with tracking.StageRun(uri, run["run_id"], end=False) as mlflow_run:  # the train stage's run
+        mlflow_run.log_metrics({f"eval/{k}": v for k, v in out.items()})
+        mlflow_run.set_tags({"extractor_checksum": out["extractor_checksum"]})
     print(f"evaluate {name}: FID {scores['fid']:.2f} (ceiling {ceiling['fid']:.1f}, "
           f"floor {out.get('floor_fid', float('nan')):.2f}), precision {scores['precision']:.3f}, "
           f"recall {scores['recall']:.3f}")

@@ -64,12 +64,11 @@ def main() -> None:
         from PIL import Image
 
         Image.fromarray(grid).save(tmp / "grid.png")
-    c = tracking.client(uri)
-    c.log_image(run["run_id"], grid, key="final_samples")
     total = scfg.num_samples + scfg.ceiling_samples
-    c.log_metric(run["run_id"], "sample/seconds", seconds)
-    c.log_metric(run["run_id"], "sample/images_per_s", total / seconds)
-    c.set_tag(run["run_id"], "sample_seed", str(scfg.seed))
+    with tracking.StageRun(uri, run["run_id"], end=False) as mlflow_run:  # the train stage's run
+        mlflow_run.log_image(grid, key="final_samples")
+        mlflow_run.log_metrics({"sample/seconds": seconds, "sample/images_per_s": total / seconds})
+        mlflow_run.set_tags({"sample_seed": scfg.seed})
     print(f"sample {name}: {total} images in {seconds:.1f} s ({total / seconds:.0f} img/s) -> {out}")
 
 

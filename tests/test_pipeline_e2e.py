@@ -163,6 +163,13 @@ def test_five_mlflow_runs_with_curves_images_and_eval_metrics(reproduced, stack)
         assert run.data.tags["dvc_stage"] == f"train@{model}" and run.data.tags["git_commit"] != "unknown"
 
 
+def test_no_run_is_left_running(reproduced, stack):
+    """Every run the pipeline opens is ended: the models' runs by train, the evaluator's by its stage."""
+    _, runs = runs_by_name(stack)
+    assert {"evaluator", *MODELS} <= set(runs)
+    assert {name: run.info.status for name, run in runs.items() if run.info.status != "FINISHED"} == {}
+
+
 def test_runs_are_rows_in_postgres(reproduced, stack):
     import psycopg2
 
