@@ -96,13 +96,28 @@ class MlflowConfig(StrictModel):
 
 
 # --------------------------------------------------------------------------- training
+#: training keys that were renamed: old name -> new name (params.yaml gets an error naming the new
+#: one; configs stored in checkpoints are migrated when read)
+RENAMED_TRAIN_KEYS = {"betas": "adam_betas"}
+
+
 class TrainBase(StrictModel):
     """Fields every family's training section shares: the loop, the optimiser, the fast path."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            old = [f"{k}: renamed, it is called {RENAMED_TRAIN_KEYS[k]} now" for k in data if k in RENAMED_TRAIN_KEYS]
+            if old:
+                raise ValueError("; ".join(old))
+        return data
 
     epochs: PositiveInt = 5
     batch_size: PositiveInt = 128
     lr: PositiveFloat = 2e-4
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.5, 0.999)
+    adam_betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
+        (0.5, 0.999), description="Adam's (beta1, beta2); not DDPM's noise schedule (beta_start, beta_end)")
     weight_decay: NonNegativeFloat = 0.0
     grad_clip: PositiveFloat | None = None
     seed: NonNegativeInt = 0
@@ -145,7 +160,7 @@ class VAEConfig(TrainBase):
 
     family: Literal["vae"] = "vae"
     lr: PositiveFloat = 1e-3
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+    adam_betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
     architecture: Literal["mlp", "conv"] = "conv"
     latent_dim: PositiveInt = 16
     hidden_dim: PositiveInt = 32
@@ -156,7 +171,7 @@ class DDPMConfig(TrainBase):
     """Denoising diffusion (Ho et al. 2020) with a small UNet, EMA and a DDIM sampler."""
 
     family: Literal["ddpm"] = "ddpm"
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+    adam_betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
     lr: PositiveFloat = 1e-3
     base_channels: PositiveInt = 16
     channel_mults: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 2])
@@ -211,7 +226,7 @@ class EvaluatorConfig(TrainBase):
     family: Literal["classifier"] = "classifier"
     epochs: PositiveInt = 3
     lr: PositiveFloat = 1e-3
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+    adam_betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
     width: PositiveInt = 16
     feature_dim: PositiveInt = 128
     min_test_accuracy: float = Field(0.0, ge=0, le=1, description="fail the stage below this")
@@ -379,6 +394,7 @@ def model_config_from_dict(data: dict[str, Any]) -> TrainBase:
     """Rebuild one trainable model's config (e.g. from a checkpoint), the evaluator's included."""
     from pydantic import TypeAdapter
 
+    data = {RENAMED_TRAIN_KEYS.get(k, k): v for k, v in data.items()}  # checkpoints written before a rename
     if data.get("family") == "classifier":
         return EvaluatorConfig.model_validate(data)
     return TypeAdapter(ModelConfig).validate_python(data)

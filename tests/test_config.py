@@ -11,7 +11,14 @@ import jsonschema
 import pytest
 import yaml
 
-from components.config import OVERLAY_SECTIONS, ConfigError, PipelineConfig, apply_overrides, load_config
+from components.config import (
+    OVERLAY_SECTIONS,
+    ConfigError,
+    PipelineConfig,
+    apply_overrides,
+    load_config,
+    model_config_from_dict,
+)
 from components.models import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,3 +168,12 @@ def test_every_overlay_holds_every_section_and_family(overlay):
     data = yaml.safe_load(overlay.read_text())
     assert set(data) == set(OVERLAY_SECTIONS)
     assert set(data["families"]) == set(FAMILIES)
+
+
+def test_a_renamed_key_says_what_it_is_called_now(tmp_path):
+    params = minimal()
+    params["train"]["gan"]["betas"] = [0.5, 0.9]
+    found = problems(tmp_path, params)
+    assert any(p.startswith("train.gan:") and "betas: renamed, it is called adam_betas now" in p for p in found), found
+    # a config stored in an older checkpoint still loads
+    assert model_config_from_dict({"family": "gan", "betas": [0.5, 0.9]}).adam_betas == (0.5, 0.9)

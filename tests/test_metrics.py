@@ -21,7 +21,7 @@ from components.metrics.fid import (
 )
 from components.metrics.precision_recall import knn_radii, precision_recall
 from components.models.base import DataSpec, to_uint8
-from components.models.classifier import Classifier, ClassifierNet, FeatureExtractor, weights_checksum
+from components.models.classifier import Classifier, ClassifierNet, FeatureExtractor, state_checksum
 
 D = 16  # feature dimension used by the maths tests
 
@@ -314,14 +314,14 @@ def test_feature_extractor_plugs_into_torchmetrics(trained: Classifier) -> None:
     assert direct == pytest.approx(via_features, rel=1e-3)
 
 
-def test_weights_checksum() -> None:
+def test_state_checksum() -> None:
     state = {"b": torch.ones(3), "a": torch.arange(4, dtype=torch.float32)}
-    value = weights_checksum(state)
+    value = state_checksum(state)
     assert len(value) == 16 and int(value, 16) >= 0
-    assert weights_checksum(dict(reversed(state.items()))) == value  # key order does not matter
-    assert weights_checksum({**state, "b": torch.tensor([1.0, 1.0, 1.0 + 1e-6])}) != value
-    assert weights_checksum({**state, "b": torch.ones(3, dtype=torch.float64)}) != value
-    assert weights_checksum({"c": state["b"], "a": state["a"]}) != value
+    assert state_checksum(dict(reversed(state.items()))) == value  # key order does not matter
+    assert state_checksum({**state, "b": torch.tensor([1.0, 1.0, 1.0 + 1e-6])}) != value
+    assert state_checksum({**state, "b": torch.ones(3, dtype=torch.float64)}) != value
+    assert state_checksum({"c": state["b"], "a": state["a"]}) != value
 
 
 # ---------------------------------------------------------------------------- conditional

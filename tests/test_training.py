@@ -22,8 +22,8 @@ from components.training.checkpoint import (
     checkpoint_payload,
     load_checkpoint,
     model_from_checkpoint,
+    parameter_digest,
     save_checkpoint,
-    weights_digest,
 )
 from components.training.loop import Callback, NonFiniteLossError, fit
 
@@ -108,7 +108,7 @@ def test_plain_train_job_resumes_to_the_uninterrupted_weights(tmp_path):
     with uninterrupted.latest_checkpoint() as a, interrupted.latest_checkpoint() as b:
         want, got = model_from_checkpoint(load_checkpoint(a)), model_from_checkpoint(load_checkpoint(b))
     assert got.step == want.step == 9
-    assert weights_digest(got) == weights_digest(want)
+    assert parameter_digest(got) == parameter_digest(want)
 
 
 def test_same_seed_same_weights_different_seed_different():
@@ -116,7 +116,7 @@ def test_same_seed_same_weights_different_seed_different():
         images, labels = data()
         model = build_model(GANConfig(seed=seed, batch_size=64, hidden_dim=16, latent_dim=8), SPEC)
         fit(model, TensorLoader(images, labels, 64, seed=seed), epochs=2, seed=seed, log_every=100)
-        return weights_digest(model)
+        return parameter_digest(model)
 
     assert train(1) == train(1)
     assert train(1) != train(2)

@@ -22,8 +22,8 @@ from components.training.checkpoint import (
     CHECKPOINT_FILE,
     checkpoint_payload,
     load_checkpoint,
+    parameter_digest,
     save_checkpoint,
-    weights_digest,
 )
 from components.training.loop import Callback, EpochStats, configure_runtime, fit
 
@@ -49,7 +49,7 @@ class ReportCallback(Callback):
                 save_checkpoint(Path(folder) / CHECKPOINT_FILE, checkpoint_payload(model, name=self.name, epoch=done))
                 (Path(folder) / HISTORY_FILE).write_text(json.dumps(self.history))
             # every rank adds its weights digest and node: the driver checks DDP kept the ranks equal
-            worker = {"rank": self.session.rank, "node": self.session.node, "weights": weights_digest(model),
+            worker = {"rank": self.session.rank, "node": self.session.node, "weights": parameter_digest(model),
                       "step": model.step}
             (Path(folder) / f"worker-{self.session.rank:03d}.json").write_text(json.dumps(worker))
             self.session.report(metrics, Path(folder))

@@ -3,7 +3,7 @@
 Inception-v3 features (the usual FID space) are trained on ImageNet photographs and need a
 weight download; a classifier trained on the data set itself gives a feature space that
 knows what a sandal looks like, and it runs offline in minutes on a CPU. Every metric is
-recorded with ``weights_checksum`` of this network, because FIDs computed with different
+recorded with ``state_checksum`` of this network, because FIDs computed with different
 extractors are not comparable.
 """
 
@@ -106,11 +106,11 @@ class FeatureExtractor(nn.Module):
         return self.net(uint8_to_float(images))
 
     def checksum(self) -> str:
-        """The extractor's identity: ``weights_checksum`` of its network."""
-        return weights_checksum(self.net.state_dict())
+        """The extractor's identity: ``state_checksum`` of its network."""
+        return state_checksum(self.net.state_dict())
 
 
-def weights_checksum(state_dict: Mapping[str, Tensor]) -> str:
+def state_checksum(state_dict: Mapping[str, Tensor]) -> str:
     """SHA-256 over names, dtypes, shapes and bytes of the tensors in sorted key order; 16 hex chars.
 
     Args:
@@ -195,5 +195,5 @@ class Classifier(TrainableModel):
         return FeatureExtractor(copy.deepcopy(unwrap(self.net)))
 
     def checksum(self) -> str:
-        """``weights_checksum`` of the bare network."""
-        return weights_checksum(unwrap(self.net).state_dict())
+        """``state_checksum`` of the bare network."""
+        return state_checksum(unwrap(self.net).state_dict())
