@@ -25,7 +25,7 @@ from servers import S3Server, local_stack_env
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ["gan", "cgan", "dcgan", "vae", "ddpm"]
+MODELS = list(yaml.safe_load((ROOT / "params.yaml").read_text())["train"])  # params.yaml's model sections
 #: every output folder or file the pipeline declares (dvc.yaml outs, metrics and plots)
 OUTPUTS = ("data/prepared", "models", "samples", "metrics", "plots", "reports")
 GIT = ("git", "-c", "user.name=t", "-c", "user.email=t@t")
