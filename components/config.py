@@ -34,6 +34,7 @@ PROFILE_DIR = "profiles"
 #: the sections every profile overlay holds (``{}`` where it changes nothing): DVC tracks each as a
 #: parameter of the stages that read it, so an overlay edit re-runs only those stages
 OVERLAY_SECTIONS = ("data", "ray", "sample", "evaluator", "evaluate", "families")
+OVERLAY_OPTIONAL = ("mlflow",)  # allowed, not tracked: where results are logged is not an input
 
 
 class StrictModel(BaseModel):
@@ -364,8 +365,9 @@ def apply_overlay(raw: dict[str, Any], overlay: dict[str, Any], source: str) -> 
     section (``ddpm_small: {family: ddpm}``) gets its family's settings.
     """
     overlay = dict(overlay)
-    problems = [f"{key}: not an overlay section (sections: {', '.join(OVERLAY_SECTIONS)})"
-                for key in overlay if key not in OVERLAY_SECTIONS]
+    allowed = (*OVERLAY_SECTIONS, *OVERLAY_OPTIONAL)
+    problems = [f"{key}: not an overlay section (sections: {', '.join(allowed)})" for key in overlay
+                if key not in allowed]
     if "train" in overlay:
         problems = [p for p in problems if not p.startswith("train:")]
         problems.append("train: overlays are keyed by family now: move these settings under families.<family>")
