@@ -21,8 +21,10 @@ from typing import Any
 
 import torch
 
+from components.models import FAMILIES as GENERATIVE
+
 ROOT = Path(__file__).resolve().parents[1]
-FAMILIES = ("gan", "cgan", "dcgan", "vae", "ddpm")
+FAMILIES = tuple(GENERATIVE)
 
 
 # --------------------------------------------------------------------------- device and clocks

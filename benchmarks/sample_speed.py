@@ -34,7 +34,7 @@ from benchmarks.common import (
 )
 from components.data.loader import TensorLoader
 from components.data.synthetic import make_synthetic
-from components.metrics.features import apply_batched, extract_features
+from components.metrics.features import apply_batched
 from components.metrics.fid import fid_numpy
 from components.models import build_model
 from components.models.base import DataSpec
@@ -99,8 +99,8 @@ def ddpm_tradeoff(quick: bool, device: torch.device, batch: int, train_steps: in
     extractor = classifier.feature_extractor().to(device)
     logits = apply_batched(extractor.classify, real_images, 500, device)  # (N, K)
     accuracy = float((logits.argmax(1) == real_labels).mean())
-    real = extract_features(extractor, real_images[:n], 500, device)  # (n, D)
-    floor = fid_numpy(real, extract_features(extractor, train_images[:n], 500, device))
+    real = apply_batched(extractor, real_images[:n], 500, device)  # (n, D)
+    floor = fid_numpy(real, apply_batched(extractor, train_images[:n], 500, device))
 
     cfg = family_configs(quick, ["ddpm"])["ddpm"]
     model = train(cfg, train_images, train_labels, device, steps=train_steps)
@@ -111,7 +111,7 @@ def ddpm_tradeoff(quick: bool, device: torch.device, batch: int, train_steps: in
     for sampler, steps in [("ancestral", cfg.timesteps), *[("ddim", s) for s in ddim_steps]]:
         kwargs = {"sampler": sampler} if sampler == "ancestral" else {"sampler": sampler, "steps": steps}
         images, seconds = generate(model, n, batch, device, **kwargs)
-        fid = fid_numpy(real, extract_features(extractor, images, 500, device))
+        fid = fid_numpy(real, apply_batched(extractor, images, 500, device))
         out[f"{sampler}-{steps}"] = {"sampler": sampler, "steps": steps, "images_per_s": n / seconds,
                                      "seconds": seconds, "fid": fid}
         print(f"ddpm {sampler} {steps} steps: {n / seconds:.3g} img/s, FID {fid:.3g}", flush=True)

@@ -27,8 +27,8 @@ def gan_step(model: GenerativeModel) -> Step:
     """pytorch/examples' DCGAN step: D on real then fake (two backwards), then G, non-saturating."""
     cfg, nets, device = model.config, model.networks(), model.device
     gen, disc = nets["generator"], nets["discriminator"]
-    opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr, betas=cfg.betas)
-    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=cfg.betas)
+    opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
     criterion = nn.BCEWithLogitsLoss()
 
     def step(x: Tensor, y: Tensor) -> float:
@@ -55,7 +55,7 @@ def vae_step(model: GenerativeModel) -> Step:
     """Kingma & Welling's ELBO as in pytorch/examples' VAE: summed BCE + analytic KL, per image."""
     cfg, nets = model.config, model.networks()
     enc, dec = nets["encoder"], nets["decoder"]
-    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=cfg.lr, betas=cfg.betas)
+    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=cfg.lr, betas=cfg.adam_betas)
 
     def step(x: Tensor, y: Tensor) -> float:
         b = x.size(0)
@@ -78,7 +78,7 @@ def ddpm_step(model: GenerativeModel) -> Step:
     cfg, nets, device = model.config, model.networks(), model.device
     net, ema = nets["denoiser"], nets["ema"]
     alphas_cumprod = model.schedule.alphas_cumprod  # (T,)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=cfg.betas)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
 
     def step(x: Tensor, y: Tensor) -> float:
         b = x.size(0)

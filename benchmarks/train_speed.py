@@ -164,8 +164,8 @@ def stage_speed(cfg: Any, spec: DataSpec, images: np.ndarray, labels: np.ndarray
     """
     from components import tracking
     from components.config import MlflowConfig, RayConfig
-    from components.distributed.jobs import HISTORY_FILE, train_job
     from components.distributed.runner import run_job
+    from components.distributed.train_jobs import HISTORY_FILE, train_job
 
     job = {"name": cfg.family, "config": cfg.model_dump(mode="json"), "spec": spec.to_dict(), "images": images,
            "labels": labels, "grid_seed": 0}

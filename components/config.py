@@ -26,9 +26,15 @@ from pydantic import (
     model_validator,
 )
 
-Family = Literal["gan", "cgan", "dcgan", "vae", "ddpm"]
-FAMILIES: tuple[str, ...] = ("gan", "cgan", "dcgan", "vae", "ddpm")
+from components.models import FAMILIES as _REGISTRY
+
+FAMILIES: tuple[str, ...] = tuple(_REGISTRY)  # the registry's generative families, in its order
+Family = Literal[FAMILIES]  # type: ignore[valid-type]
 PROFILE_DIR = "profiles"
+#: the sections every profile overlay holds (``{}`` where it changes nothing): DVC tracks each as a
+#: parameter of the stages that read it, so an overlay edit re-runs only those stages
+OVERLAY_SECTIONS = ("data", "ray", "sample", "evaluator", "evaluate", "families")
+OVERLAY_OPTIONAL = ("mlflow",)  # allowed, not tracked: where results are logged is not an input
 
 
 class StrictModel(BaseModel):
@@ -110,13 +116,28 @@ class MlflowConfig(StrictModel):
 
 
 # --------------------------------------------------------------------------- training
+#: training keys that were renamed: old name -> new name (params.yaml gets an error naming the new
+#: one; configs stored in checkpoints are migrated when read)
+RENAMED_TRAIN_KEYS = {"betas": "adam_betas"}
+
+
 class TrainBase(StrictModel):
     """Fields every family's training section shares: the loop, the optimiser, the fast path."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            old = [f"{k}: renamed, it is called {RENAMED_TRAIN_KEYS[k]} now" for k in data if k in RENAMED_TRAIN_KEYS]
+            if old:
+                raise ValueError("; ".join(old))
+        return data
 
     epochs: PositiveInt = 5
     batch_size: PositiveInt = 128
     lr: PositiveFloat = 2e-4
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.5, 0.999)
+    adam_betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
+        (0.5, 0.999), description="Adam's (beta1, beta2); not DDPM's noise schedule (beta_start, beta_end)")
     weight_decay: NonNegativeFloat = 0.0
     grad_clip: PositiveFloat | None = None
     seed: NonNegativeInt = 0
@@ -159,7 +180,7 @@ class VAEConfig(TrainBase):
 
     family: Literal["vae"] = "vae"
     lr: PositiveFloat = 1e-3
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+    adam_betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
     architecture: Literal["mlp", "conv"] = "conv"
     latent_dim: PositiveInt = 16
     hidden_dim: PositiveInt = 32
@@ -170,7 +191,7 @@ class DDPMConfig(TrainBase):
     """Denoising diffusion (Ho et al. 2020) with a small UNet, EMA and a DDIM sampler."""
 
     family: Literal["ddpm"] = "ddpm"
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+    adam_betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
     lr: PositiveFloat = 1e-3
     base_channels: PositiveInt = 16
     channel_mults: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 2])
@@ -231,7 +252,7 @@ class EvaluatorConfig(TrainBase):
     family: Literal["classifier"] = "classifier"
     epochs: PositiveInt = 3
     lr: PositiveFloat = 1e-3
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+    adam_betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
     width: PositiveInt = 16
     feature_dim: PositiveInt = 128
     min_test_accuracy: float = Field(0.0, ge=0, le=1, description="fail the stage below this")
@@ -356,13 +377,39 @@ def read_raw_params(path: str | Path, overrides: list[str] | None = None) -> dic
     overrides = overrides or []
     # The profile may itself come from --set, so look at it with the overrides applied.
     profile = apply_overrides(raw, overrides).get("profile", "default")
-    if profile != "default" and isinstance(profile, str):
+    if isinstance(profile, str):
         overlay_path = path.parent / PROFILE_DIR / f"{profile}.yaml"
         if not overlay_path.exists():
-            raise ConfigError(str(path), [f"profile: no overlay file {overlay_path}"])
-        overlay = yaml.safe_load(overlay_path.read_text()) or {}
-        raw = deep_merge(raw, overlay)
+            if profile != "default":
+                raise ConfigError(str(path), [f"profile: no overlay file {overlay_path}"])
+        else:
+            raw = apply_overlay(raw, yaml.safe_load(overlay_path.read_text()) or {}, str(overlay_path))
     return apply_overrides(raw, overrides)
+
+
+def apply_overlay(raw: dict[str, Any], overlay: dict[str, Any], source: str) -> dict[str, Any]:
+    """``raw`` params with a profile overlay merged in, section by section.
+
+    The overlay's ``families.F`` goes into every ``train`` section of family ``F``, so a new model
+    section (``ddpm_small: {family: ddpm}``) gets its family's settings.
+    """
+    overlay = dict(overlay)
+    allowed = (*OVERLAY_SECTIONS, *OVERLAY_OPTIONAL)
+    problems = [f"{key}: not an overlay section (sections: {', '.join(allowed)})" for key in overlay
+                if key not in allowed]
+    if "train" in overlay:
+        problems = [p for p in problems if not p.startswith("train:")]
+        problems.append("train: overlays are keyed by family now: move these settings under families.<family>")
+    families = overlay.pop("families", None) or {}
+    problems += [f"families.{f}: not a model family (known: {', '.join(FAMILIES)})" for f in families
+                 if f not in FAMILIES]
+    if problems:
+        raise ConfigError(source, problems)
+    merged = copy.deepcopy(raw)
+    for name, section in (merged.get("train") or {}).items():
+        if isinstance(section, dict) and section.get("family") in families:
+            merged["train"][name] = deep_merge(section, families[section["family"]] or {})
+    return deep_merge(merged, overlay)
 
 
 def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> PipelineConfig:
@@ -378,6 +425,7 @@ def model_config_from_dict(data: dict[str, Any]) -> TrainBase:
     """Rebuild one trainable model's config (e.g. from a checkpoint), the evaluator's included."""
     from pydantic import TypeAdapter
 
+    data = {RENAMED_TRAIN_KEYS.get(k, k): v for k, v in data.items()}  # checkpoints written before a rename
     if data.get("family") == "classifier":
         return EvaluatorConfig.model_validate(data)
     return TypeAdapter(ModelConfig).validate_python(data)

@@ -7,26 +7,26 @@ MLflow is imported inside functions so that models and the loop never need it.
 from __future__ import annotations
 
 import functools
-import io
 import json
 import os
-import platform
 import queue
-import subprocess
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self
 
+from components import provenance
 from components.config import MlflowConfig
+from components.models import family_kind
+
+if TYPE_CHECKING:
+    from components.models.base import TrainableModel
+    from components.training.loop import EpochStats
 
 RUN_FILE = "mlflow_run.json"
-#: The shared metric vocabulary: the same name means the same thing for every family.
-FAMILY_KIND = {"gan": "gan", "cgan": "gan", "dcgan": "gan", "vae": "vae", "ddpm": "diffusion"}
 
 
 class TrackingError(RuntimeError):
@@ -71,33 +71,6 @@ def client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def git_info(root: str | Path = ".") -> dict[str, str]:
-    """Current commit and whether the work tree has uncommitted changes.
-
-    ``dvc.lock`` does not count: DVC rewrites it after every stage of the very run being tagged.
-    """
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-
-    try:
-        return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": str(bool(git("status", "--porcelain", "--", ".", ":(exclude)dvc.lock")))}
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        return {"git_commit": "unknown", "git_dirty": "unknown"}
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries that decide a run's numbers."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "numpy", "ray", "mlflow", "dvc", "pydantic", "torchmetrics"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
 def get_or_create_experiment(uri: str, name: str) -> str:
     c = client(uri)
     exp = c.get_experiment_by_name(name)
@@ -120,6 +93,47 @@ def start_run(uri: str, experiment: str, run_name: str, tags: dict[str, str], pa
         c.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
     c.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
     return run_id
+
+
+@dataclass
+class StageRun:
+    """A stage's handle on one MLflow run (driver side, one process): what the stages log after
+    their Ray job, so none of them calls the MLflow client by hand.
+
+    Use as a context manager to end the run: FINISHED when the block completes, FAILED when it
+    raises (``end=False`` leaves the status alone, for a run another stage opened and ended).
+    """
+
+    uri: str
+    run_id: str
+    end: bool = True
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if self.end:
+            status = "FINISHED" if exc_type is None else "FAILED"
+            _retry(lambda: client(self.uri).set_terminated(self.run_id, status), f"end run {self.run_id}")
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        """Log numeric values at ``step`` in one batch (bools and non-numbers are skipped)."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        _retry(lambda: client(self.uri).log_batch(self.run_id, metrics=batch), "log_batch")
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        _retry(lambda: client(self.uri).log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]),
+               "set tags")
+
+    def log_image(self, image: Any, key: str) -> None:
+        """An ``HxW`` / ``HxWx3`` uint8 image under ``images/`` (as MLflow's ``log_image`` keys it)."""
+        _retry(lambda: client(self.uri).log_image(self.run_id, image, key=key), f"log_image {key}")
 
 
 def read_run_file(model_dir: str | Path) -> dict[str, str]:
@@ -170,9 +184,6 @@ class RunLogger:
     def log_image(self, image: Any, key: str, step: int) -> None:
         self._queue.put(("image", image, key, step))
 
-    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self._queue.put(("artifact", str(path), artifact_path))
-
     # -- consumer side
     def _send_metrics(self, batch: list[tuple[dict[str, float], int, int]]) -> None:
         from mlflow.entities import Metric
@@ -207,10 +218,6 @@ class RunLogger:
                 _, image, key, step = item
                 self._guard(lambda i=image, k=key, s=step: self._client.log_image(self.run_id, i, key=k, step=s),
                             f"log_image {key}")
-            elif kind == "artifact":
-                _, path, artifact_path = item
-                self._guard(lambda p=path, a=artifact_path: self._client.log_artifact(self.run_id, p, a),
-                            f"log_artifact {path}")
             self._queue.task_done()
         if pending:
             self._send_metrics(pending)
@@ -232,48 +239,73 @@ class RunLogger:
         return self.errors
 
 
-def png_bytes(figure_or_array: Any) -> bytes:
-    """PNG bytes from a matplotlib figure or an HxW / HxWx3 uint8 array."""
-    buf = io.BytesIO()
-    if hasattr(figure_or_array, "savefig"):
-        figure_or_array.savefig(buf, format="png", bbox_inches="tight")
-    else:
-        from PIL import Image
-
-        Image.fromarray(figure_or_array).save(buf, format="png")
-    return buf.getvalue()
-
-
-def warn_errors(errors: list[str]) -> None:
-    if errors:
-        warnings.warn(f"{len(errors)} MLflow writes failed after retries: {errors[:3]}", stacklevel=2)
-
-
 def run_tags(*, family: str, model_name: str, seed: int, data_checksum: str, workers: int, profile: str,
              stage: str) -> dict[str, str]:
     """The tags every run carries: what it is, where its code and data came from, what ran it."""
     tags = {
         "family": family,
-        "kind": FAMILY_KIND.get(family, family),
+        "kind": family_kind(family),
         "model_name": model_name,
         "seed": str(seed),
         "data_checksum": data_checksum,
         "ray_workers": str(workers),
         "profile": profile,
         "dvc_stage": stage,
-        **git_info(),
-        **{f"version.{k}": v for k, v in library_versions().items()},
+        **provenance.git_info(),
+        **{f"version.{k}": v for k, v in provenance.library_versions().items()},
     }
     return tags
 
 
-def log_final_model(uri: str, run_id: str, checkpoint: str | Path, extra_files: list[Path],
-                    class_names: list[str]) -> str:
-    """Driver side, after training: the checkpoint, plots, and the generator pyfunc; returns its model URI."""
-    from components.serving.pyfunc import log_generator
-
+def log_final_artifacts(uri: str, run_id: str, checkpoint: str | Path, extra_files: list[Path]) -> None:
+    """Driver side, after training: the checkpoint and plots (the generator pyfunc: components.serving.pyfunc)."""
     c = client(uri)
     _retry(lambda: c.log_artifact(run_id, str(checkpoint), "checkpoints"), "log checkpoint")
     for path in extra_files:
         _retry(lambda p=path: c.log_artifact(run_id, str(p)), f"log {path.name}")
-    return log_generator(uri, run_id, checkpoint, class_names)
+
+
+class MlflowCallback:
+    """A ``fit`` callback, rank 0 only: losses every log step, epoch speed, and a sample grid every
+    ``image_every`` epochs."""
+
+    def __init__(self, logger: RunLogger, world_size: int, image_every: int, epochs: int, grid_seed: int):
+        self.logger, self.world_size = logger, world_size
+        self.image_every, self.epochs, self.grid_seed = image_every, epochs, grid_seed
+
+    def on_train_start(self, model: TrainableModel, start_epoch: int) -> None:
+        del model, start_epoch
+
+    def on_log(self, model: TrainableModel, step: int, losses: dict[str, float]) -> None:
+        self.logger.log_metrics({f"train/{k}": v for k, v in losses.items()}, step)
+
+    def on_epoch_end(self, model: TrainableModel, stats: EpochStats) -> None:
+        done = stats.epoch + 1
+        self.logger.log_metrics({"train/epoch": done, "train/epoch_seconds": stats.seconds,
+                                 "train/images_per_s": stats.images_per_s * self.world_size,
+                                 **{f"train/epoch_{k}": v for k, v in stats.losses.items()}}, model.step)
+        from components.models.base import GenerativeModel
+        from components.report.grid import sample_grid
+
+        if isinstance(model, GenerativeModel) and (done % self.image_every == 0 or done == self.epochs):
+            self.logger.log_image(sample_grid(model, 64, self.grid_seed), key="samples", step=done)
+
+    def on_train_end(self, model: TrainableModel) -> None:
+        del model
+
+
+def start_tracking(tracking: dict[str, Any]) -> tuple[RunLogger, Any]:
+    """Rank 0 of a training job: the batched run logger and (optionally) MLflow's system-metrics monitor.
+
+    Args:
+        tracking: the job's ``{"uri", "run_id", "system_metrics"}``.
+    """
+    logger = RunLogger(tracking["uri"], tracking["run_id"])
+    monitor = None
+    if tracking.get("system_metrics"):
+        os.environ["MLFLOW_TRACKING_URI"] = tracking["uri"]
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(tracking["run_id"], resume_logging=True)
+        monitor.start()
+    return logger, monitor

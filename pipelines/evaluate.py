@@ -11,43 +11,49 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from components import tracking
+from components import layout, tracking
 from components.data.dataset import DataError, Split, load_split
-from components.distributed.jobs import features_job, merge_chunks
+from components.distributed.inference_jobs import features_job, merge_chunks
 from components.distributed.runner import StorageError, run_job, run_name
 from components.io import write_json
 from components.metrics.conditional import conditional_accuracy
 from components.metrics.suite import sample_metrics
 from components.registry import register_run
 from components.training.checkpoint import CHECKPOINT_FILE, model_from_checkpoint
-from pipelines.common import load_or_exit, parser, run_main
+from pipelines.common import MODEL, StageParser, load_or_exit, parser, run_main
 
 HELD_OUT_IMAGES = 2000  # test images for the family's held-out scores (cheap, fixed for comparability)
 
 
-def main() -> None:
+def arguments() -> StageParser:
+    """The stage's command line."""
     p = parser(__doc__, model=True)
-    p.add_argument("--data", default="data/prepared")
-    p.add_argument("--models-dir", default="models")
-    p.add_argument("--samples-dir", default="samples")
-    p.add_argument("--out", default=None, help="default: metrics/NAME.json")
-    args = p.parse_args()
+    p.path("--data", layout.DATA, help="the fetch stage's folder (held-out scores)")
+    p.path("--evaluator", layout.EVALUATOR_DIR, help="the evaluator's checkpoint and reference features")
+    p.path("--floor", layout.EVALUATOR_METRICS, help="the evaluator's metrics (the floor row)")
+    p.path("--model-dir", layout.model_dir(MODEL), help="the trained model")
+    p.path("--samples", layout.samples_dir(MODEL), help="the model's samples")
+    p.path("--out", layout.metrics_file(MODEL), output=True, help="the model's scores")
+    return p
+
+
+def main() -> None:
+    args = arguments().parse_args()
     cfg = load_or_exit(args)
     name, ecfg = args.model, cfg.evaluate
-    models, samples_dir = Path(args.models_dir), Path(args.samples_dir) / args.model
-    run = tracking.read_run_file(models / name)
+    model_dir, samples_dir, evaluator_dir = Path(args.model_dir), Path(args.samples), Path(args.evaluator)
+    run = tracking.read_run_file(model_dir)
     test = load_split(args.data, "test")  # verified against meta.json before any work
     uri = tracking.resolve_tracking_uri(cfg.mlflow)
     tracking.check_reachable(uri)
 
-    evaluator_blob = (models / "evaluator" / CHECKPOINT_FILE).read_bytes()
-    reference = np.load(models / "evaluator" / "reference.npz")
+    evaluator_blob = (evaluator_dir / CHECKPOINT_FILE).read_bytes()
+    reference = np.load(evaluator_dir / layout.REFERENCE_FILE)
     generated = np.load(samples_dir / "samples.npz")
     images, labels = generated["images"][: ecfg.num_samples], generated["labels"][: ecfg.num_samples]
     sets = {"samples": images, "ceiling": np.load(samples_dir / "ceiling.npz")["images"]}
@@ -59,29 +65,25 @@ def main() -> None:
     shutil.rmtree(result, ignore_errors=True)
 
     real = reference["test_features"]
-    model = model_from_checkpoint(models / name / CHECKPOINT_FILE)
+    model = model_from_checkpoint(model_dir / CHECKPOINT_FILE)
     scores = sample_metrics(real, features["samples"]["features"], ecfg)
     if model.is_conditional:
         scores["cond_acc"] = conditional_accuracy(features["samples"]["predicted"], labels)
     scores.update(_held_out(model, test, ecfg.seed))
     ceiling = sample_metrics(real, features["ceiling"]["features"], ecfg, full=False)
-    floor = _read_json(Path("metrics/evaluator.json"))
-    out = {"model": name, "family": model.family, "kind": tracking.FAMILY_KIND[model.family],
+    floor = json.loads(Path(args.floor).read_text())
+    out = {"model": name, "family": model.family, "kind": model.kind,
            "num_samples": len(images), "ceiling_samples": len(sets["ceiling"]),
            "extractor_checksum": floor.get("extractor_checksum"), "parameters": model.num_parameters(),
            "train_steps": model.step, **scores,
            **{f"ceiling_{k}": v for k, v in ceiling.items()},
            **{f"floor_{k}": v for k, v in floor.get("floor", {}).items()}}
-    c = tracking.client(uri)
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    c.log_batch(run["run_id"], metrics=[Metric(f"eval/{k}", float(v), now, 0) for k, v in out.items()
-                                        if isinstance(v, (int, float)) and not isinstance(v, bool)])
-    c.set_tag(run["run_id"], "extractor_checksum", str(out["extractor_checksum"]))
+    with tracking.StageRun(uri, run["run_id"], end=False) as mlflow_run:  # the train stage's run
+        mlflow_run.log_metrics({f"eval/{k}": v for k, v in out.items()})
+        mlflow_run.set_tags({"extractor_checksum": out["extractor_checksum"]})
     registered = register_run(uri, run["run_id"], cfg.mlflow.experiment_prefix, name, out)
     out.update(registered_model=registered.name, model_version=registered.version)
-    write_json(args.out or f"metrics/{name}.json", out)
+    write_json(args.out, out)
     print(f"evaluate {name}: FID {scores['fid']:.2f} (ceiling {ceiling['fid']:.1f}, "
           f"floor {out.get('floor_fid', float('nan')):.2f}), precision {scores['precision']:.3f}, "
           f"recall {scores['recall']:.3f}; registered {registered.uri} (champion: version {registered.champion})")
@@ -101,10 +103,6 @@ def _held_out(model, test: Split, seed: int) -> dict[str, float]:
                 sums[k] = sums.get(k, 0.0) + float(v)
             batches += 1
     return {k: v / batches for k, v in sums.items()}
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 if __name__ == "__main__":

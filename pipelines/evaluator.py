@@ -12,26 +12,29 @@ import shutil
 
 import numpy as np
 
-from components import tracking
+from components import layout, tracking
 from components.config import flatten
 from components.data.dataset import DataError, data_checksum, load_meta, load_split, spec_from_meta
-from components.distributed.jobs import evaluator_job, merge_chunks
+from components.distributed.inference_jobs import merge_chunks
 from components.distributed.runner import run_job, run_name
+from components.distributed.train_jobs import evaluator_job
 from components.io import atomic_dir, write_json
 from components.metrics.suite import sample_metrics
 from components.training.checkpoint import CHECKPOINT_FILE, model_from_checkpoint
-from pipelines.common import load_or_exit, parser, run_main
+from pipelines.common import StageParser, load_or_exit, parser, run_main
 
-REFERENCE_FILE = "reference.npz"
+
+def arguments() -> StageParser:
+    """The stage's command line."""
+    p = parser(__doc__, plain=True)
+    p.path("--data", layout.DATA, help="the fetch stage's folder")
+    p.path("--out", layout.EVALUATOR_DIR, output=True, help="checkpoint, reference features, MLflow run id")
+    p.path("--metrics", layout.EVALUATOR_METRICS, output=True, help="test accuracy and the data floor")
+    return p
 
 
 def main() -> None:
-    p = parser(__doc__)
-    p.add_argument("--data", default="data/prepared")
-    p.add_argument("--out", default="models/evaluator")
-    p.add_argument("--metrics", default="metrics/evaluator.json")
-    p.add_argument("--plain", action="store_true", help="run in this process without Ray")
-    args = p.parse_args()
+    args = arguments().parse_args()
     cfg = load_or_exit(args)
     ecfg, n = cfg.evaluator, cfg.evaluate.num_samples
     meta, train, test = load_meta(args.data), load_split(args.data, "train"), load_split(args.data, "test")
@@ -45,44 +48,42 @@ def main() -> None:
                           workers=cfg.ray.num_workers, profile=cfg.profile, stage="evaluator"),
         flatten({"model": ecfg.model_dump(mode="json")}))
 
-    # the reference sets: the test split and a same-size class-balanced slice of the training split
-    rng = np.random.default_rng(cfg.evaluate.seed)
-    test_n = min(n, len(test.images))
-    train_idx = np.sort(rng.choice(len(train.images), size=min(test_n, len(train.images)), replace=False))
-    sets = {"test": test.images[:test_n], "train": train.images[train_idx]}
+    with tracking.StageRun(uri, run_id) as mlflow_run:  # the evaluator's own run: FINISHED, or FAILED
+        # the reference sets: the test split and a same-size class-balanced slice of the training split
+        rng = np.random.default_rng(cfg.evaluate.seed)
+        test_n = min(n, len(test.images))
+        train_idx = np.sort(rng.choice(len(train.images), size=min(test_n, len(train.images)), replace=False))
+        sets = {"test": test.images[:test_n], "train": train.images[train_idx]}
 
-    key = {"name": "evaluator", "config": ecfg.model_dump(mode="json"), "data": checksum, "n": test_n}
-    job = {**key, "spec": spec.to_dict(), "images": train.images, "labels": train.labels,
-           "tracking": {"uri": uri, "run_id": run_id, "system_metrics": False},
-           "image_sets": sets, "batch_size": cfg.evaluate.batch_size}
-    result = run_job(evaluator_job, job, cfg=cfg.ray, name=run_name("evaluator", key), plain=args.plain)
-    try:
-        checkpoint = (result / CHECKPOINT_FILE).read_bytes()
-        features = {name: merge_chunks(result / name) for name in sets}
-    finally:
-        shutil.rmtree(result, ignore_errors=True)
-    classifier = model_from_checkpoint(_payload(checkpoint))
-    accuracy = _accuracy(classifier, test.images, test.labels)
-    if accuracy < ecfg.min_test_accuracy:
-        raise RuntimeError(f"evaluator test accuracy {accuracy:.4f} < evaluator.min_test_accuracy "
-                           f"{ecfg.min_test_accuracy}: train it longer (evaluator.epochs) before trusting metrics")
-    floor = sample_metrics(features["test"]["features"], features["train"]["features"], cfg.evaluate)
+        key = {"name": "evaluator", "config": ecfg.model_dump(mode="json"), "data": checksum, "n": test_n}
+        job = {**key, "spec": spec.to_dict(), "images": train.images, "labels": train.labels,
+               "tracking": {"uri": uri, "run_id": run_id, "system_metrics": False},
+               "image_sets": sets, "batch_size": cfg.evaluate.batch_size}
+        result = run_job(evaluator_job, job, cfg=cfg.ray, name=run_name("evaluator", key), plain=args.plain)
+        try:
+            checkpoint = (result / CHECKPOINT_FILE).read_bytes()
+            features = {name: merge_chunks(result / name) for name in sets}
+        finally:
+            shutil.rmtree(result, ignore_errors=True)
+        classifier = model_from_checkpoint(_payload(checkpoint))
+        accuracy = _accuracy(classifier, test.images, test.labels)
+        if accuracy < ecfg.min_test_accuracy:
+            raise RuntimeError(f"evaluator test accuracy {accuracy:.4f} < evaluator.min_test_accuracy "
+                               f"{ecfg.min_test_accuracy}: train it longer (evaluator.epochs) before trusting metrics")
+        floor = sample_metrics(features["test"]["features"], features["train"]["features"], cfg.evaluate)
 
-    identity = classifier.checksum()
-    with atomic_dir(args.out) as tmp:
-        (tmp / CHECKPOINT_FILE).write_bytes(checkpoint)
-        np.savez(tmp / REFERENCE_FILE, test_features=features["test"]["features"],
-                 test_labels=test.labels[:test_n], train_features=features["train"]["features"])
-        write_json(tmp / tracking.RUN_FILE, {"run_id": run_id, "experiment": cfg.experiment_name, "tracking_uri": uri})
-    summary = {"test_accuracy": accuracy, "extractor_checksum": identity, "num_samples": test_n,
-               "data": meta["name"], "floor": floor}
-    write_json(args.metrics, summary)
-    c = tracking.client(uri)
-    c.log_metric(run_id, "eval/test_accuracy", accuracy)
-    for k, v in floor.items():
-        c.log_metric(run_id, f"eval/floor_{k}", v)
-    c.set_tag(run_id, "extractor_checksum", identity)
-    print(f"evaluator: test accuracy {accuracy:.4f}, floor FID {floor['fid']:.3f}, extractor {identity}")
+        identity = classifier.checksum()
+        with atomic_dir(args.out) as tmp:
+            (tmp / CHECKPOINT_FILE).write_bytes(checkpoint)
+            np.savez(tmp / layout.REFERENCE_FILE, test_features=features["test"]["features"],
+                     test_labels=test.labels[:test_n], train_features=features["train"]["features"])
+            write_json(tmp / tracking.RUN_FILE, {"run_id": run_id, "experiment": cfg.experiment_name, "tracking_uri": uri})
+        summary = {"test_accuracy": accuracy, "extractor_checksum": identity, "num_samples": test_n,
+                   "data": meta["name"], "floor": floor}
+        write_json(args.metrics, summary)
+        mlflow_run.log_metrics({"eval/test_accuracy": accuracy, **{f"eval/floor_{k}": v for k, v in floor.items()}})
+        mlflow_run.set_tags({"extractor_checksum": identity})
+        print(f"evaluator: test accuracy {accuracy:.4f}, floor FID {floor['fid']:.3f}, extractor {identity}")
 
 
 def _payload(blob: bytes) -> dict:

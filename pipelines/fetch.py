@@ -7,40 +7,26 @@ Exit codes: 0 done, 1 the data could not be fetched or failed a check, 2 invalid
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
-from pathlib import Path
 
-from components.config import ConfigError, load_config
+from components import layout
 from components.data.fetch import FetchError, fetch
+from pipelines.common import StageParser, load_or_exit, parser, run_main
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line arguments: the params file, the output folder and ``--set`` overrides."""
-    parser = argparse.ArgumentParser(prog="python -m pipelines.fetch", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="pipeline params file (default: params.yaml)")
-    parser.add_argument("--out", default="data/prepared", type=Path, help="output folder (default: data/prepared)")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a param"
-    )
-    return parser.parse_args(argv)
+def arguments() -> StageParser:
+    """The stage's command line."""
+    p = parser(__doc__.splitlines()[0])
+    p.path("--out", layout.DATA, output=True, help="output folder")
+    return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the stage; return the process exit code."""
-    args = parse_args(argv)
-    try:
-        cfg = load_config(args.params, args.overrides)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+def main() -> None:
+    args = arguments().parse_args()
+    cfg = load_or_exit(args)
     start = time.perf_counter()
-    try:
-        meta = fetch(cfg.data, args.out, progress=sys.stderr.isatty())
-    except FetchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    meta = fetch(cfg.data, args.out, progress=sys.stderr.isatty())
     c, h, w = meta["shape"]
     skipped = f", {n} unreadable files skipped" if (n := meta["skipped_unreadable"]) else ""
     print(
@@ -49,8 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         f"from {meta['mirror']} "
         f"-> {args.out} in {time.perf_counter() - start:.1f} s"
     )
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main, FetchError)

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from components import layout
 from components.serving.generate import GenerateError, local_generator, registered_generator, write_images
 from components.serving.generator import GenerationError
 from pipelines.common import EXIT_CONFIG
@@ -31,8 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sampler", choices=("ddim", "ancestral"), default=None, help="diffusion sampler")
     p.add_argument("--guidance-scale", type=float, default=None, help="conditional diffusion: w")
     p.add_argument("--out", type=Path, required=True, help="grid.png (a grid) or images.npz (uint8 arrays)")
-    p.add_argument("--models-dir", default="models")
-    p.add_argument("--data", default="data/prepared", help="for class names of a local model")
+    p.add_argument("--models-dir", default=layout.MODELS)
+    p.add_argument("--data", default=layout.DATA, help="for class names of a local model")
     p.add_argument("--params", default="params.yaml", help="for mlflow.tracking_uri (MLFLOW_TRACKING_URI wins)")
     return p.parse_args(argv)
 

@@ -10,17 +10,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from components import layout
 from components.io import atomic_dir
 from components.report.html import build_report
-from components.report.leaderboard import ReportInputError
-from pipelines.common import load_or_exit, parser, run_main
+from components.report.leaderboard import REPORT_INPUTS, ReportInputError
+from pipelines.common import StageParser, load_or_exit, parser, run_main
+
+
+def arguments() -> StageParser:
+    """The stage's command line."""
+    p = parser(__doc__)
+    p.add_argument("--root", default=".", help="project folder holding metrics/, models/, samples/, data/")
+    p.path("--out", layout.REPORTS, output=True, help="index.html and leaderboard.md")
+    p.reads = list(REPORT_INPUTS)
+    return p
 
 
 def main() -> None:
-    p = parser(__doc__)
-    p.add_argument("--root", default=".", help="project folder holding metrics/, models/, samples/, data/")
-    p.add_argument("--out", default="reports")
-    args = p.parse_args()
+    args = arguments().parse_args()
     cfg = load_or_exit(args)
     page, markdown = build_report(cfg, Path(args.root))
     with atomic_dir(args.out) as tmp:

@@ -17,23 +17,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from components import tracking
-from components.distributed.jobs import make_grid, merge_chunks, sample_job
+from components import layout, tracking
+from components.distributed.inference_jobs import merge_chunks, sample_job
 from components.distributed.runner import StorageError, run_job, run_name
 from components.io import atomic_dir
 from components.models import build_model
+from components.report.grid import make_grid
 from components.training.checkpoint import CHECKPOINT_FILE, checkpoint_payload, load_checkpoint
-from pipelines.common import load_or_exit, parser, run_main
+from pipelines.common import MODEL, StageParser, load_or_exit, parser, run_main
+
+
+def arguments() -> StageParser:
+    """The stage's command line."""
+    p = parser(__doc__, model=True)
+    p.path("--model-dir", layout.model_dir(MODEL), help="the trained model")
+    p.path("--out", layout.samples_dir(MODEL), output=True, help="samples, ceiling images and the grid")
+    return p
 
 
 def main() -> None:
-    p = parser(__doc__, model=True)
-    p.add_argument("--models-dir", default="models")
-    p.add_argument("--out", default=None, help="default: samples/NAME")
-    args = p.parse_args()
+    args = arguments().parse_args()
     cfg = load_or_exit(args)
     name, scfg = args.model, cfg.sample
-    model_dir, out = Path(args.models_dir) / name, Path(args.out or f"samples/{name}")
+    model_dir, out = Path(args.model_dir), Path(args.out)
     run = tracking.read_run_file(model_dir)
     uri = tracking.resolve_tracking_uri(cfg.mlflow)
     tracking.check_reachable(uri)
@@ -58,12 +64,11 @@ def main() -> None:
         from PIL import Image
 
         Image.fromarray(grid).save(tmp / "grid.png")
-    c = tracking.client(uri)
-    c.log_image(run["run_id"], grid, key="final_samples")
     total = scfg.num_samples + scfg.ceiling_samples
-    c.log_metric(run["run_id"], "sample/seconds", seconds)
-    c.log_metric(run["run_id"], "sample/images_per_s", total / seconds)
-    c.set_tag(run["run_id"], "sample_seed", str(scfg.seed))
+    with tracking.StageRun(uri, run["run_id"], end=False) as mlflow_run:  # the train stage's run
+        mlflow_run.log_image(grid, key="final_samples")
+        mlflow_run.log_metrics({"sample/seconds": seconds, "sample/images_per_s": total / seconds})
+        mlflow_run.set_tags({"sample_seed": scfg.seed})
     print(f"sample {name}: {total} images in {seconds:.1f} s ({total / seconds:.0f} img/s) -> {out}")
 
 

@@ -10,24 +10,31 @@ import json
 import shutil
 from pathlib import Path
 
-from components import tracking
+from components import layout, tracking
 from components.data.dataset import DataError, data_checksum, load_meta, load_split, spec_from_meta
-from components.distributed.jobs import HISTORY_FILE, train_job, worker_records
 from components.distributed.runner import StorageError, check_storage, run_job, run_name, storage_root
+from components.distributed.train_jobs import HISTORY_FILE, train_job, worker_records
 from components.io import atomic_dir, atomic_path, write_json
 from components.report.curves import history_to_csv, plot_losses
+from components.serving.pyfunc import log_generator
 from components.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, model_from_checkpoint
-from pipelines.common import load_or_exit, parser, run_main
+from pipelines.common import MODEL, StageParser, load_or_exit, parser, run_main
+
+
+def arguments() -> StageParser:
+    """The stage's command line."""
+    p = parser(__doc__, model=True)
+    p.path("--data", layout.DATA, help="the fetch stage's folder")
+    p.path("--out", layout.model_dir(MODEL), output=True, help="checkpoint, config, history, MLflow run id")
+    p.path("--plot", layout.plot_file(MODEL), output=True, help="the loss curve for dvc plots")
+    return p
 
 
 def main() -> None:
-    p = parser(__doc__, model=True)
-    p.add_argument("--data", default="data/prepared")
-    p.add_argument("--out", default=None, help="default: models/NAME")
-    args = p.parse_args()
+    args = arguments().parse_args()
     cfg = load_or_exit(args)
     name, mcfg = args.model, cfg.train[args.model]
-    out = Path(args.out or f"models/{name}")
+    out = Path(args.out)
 
     meta, train = load_meta(args.data), load_split(args.data, "train")
     spec = spec_from_meta(meta)
@@ -57,8 +64,9 @@ def main() -> None:
                                                  "tracking_uri": uri})
             plot_losses(history, tmp / "loss.png", title=name)
             model = model_from_checkpoint(load_checkpoint(tmp / CHECKPOINT_FILE))
-            tracking.log_final_model(uri, run_id, tmp / CHECKPOINT_FILE, [tmp / "loss.png"], meta["class_names"])
-        with atomic_path(Path("plots/train") / f"{name}.csv") as csv:
+            tracking.log_final_artifacts(uri, run_id, tmp / CHECKPOINT_FILE, [tmp / "loss.png"])
+            log_generator(uri, run_id, tmp / CHECKPOINT_FILE, meta["class_names"])
+        with atomic_path(args.plot) as csv:
             csv.write_text(history_to_csv(history))
     finally:
         shutil.rmtree(result, ignore_errors=True)

@@ -83,7 +83,7 @@ def test_candidates_map_to_config_fields():
 
 
 def test_fuse_optimizers_keeps_hyperparameters():
-    model = build_model(GANConfig(hidden_dim=8, latent_dim=4, lr=3e-4, betas=(0.5, 0.9)), DataSpec())
+    model = build_model(GANConfig(hidden_dim=8, latent_dim=4, lr=3e-4, adam_betas=(0.5, 0.9)), DataSpec())
     before = {n: [p for g in o.param_groups for p in g["params"]] for n, o in model.optimizers.items()}
     fuse_optimizers(model)
     for name, opt in model.optimizers.items():

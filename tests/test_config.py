@@ -11,7 +11,15 @@ import jsonschema
 import pytest
 import yaml
 
-from components.config import ConfigError, PipelineConfig, apply_overrides, load_config
+from components.config import (
+    OVERLAY_SECTIONS,
+    ConfigError,
+    PipelineConfig,
+    apply_overrides,
+    load_config,
+    model_config_from_dict,
+)
+from components.models import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,9 +131,11 @@ def test_rgb_64px_image_folder_with_a_deep_unet_validates(tmp_path):
 def test_overrides_and_precedence(tmp_path):
     path = write_params(tmp_path, {**minimal(), "profile": "smoke"})
     (tmp_path / "profiles").mkdir()
-    (tmp_path / "profiles" / "smoke.yaml").write_text("train: {gan: {epochs: 2, lr: 0.5}}\n")
+    (tmp_path / "profiles" / "smoke.yaml").write_text("families: {gan: {epochs: 2, lr: 0.5}, ddpm: {epochs: 3}}\n")
     cfg = load_config(path)
     assert cfg.train["gan"].epochs == 2 and cfg.train["gan"].lr == 0.5  # overlay beats params.yaml
+    # keyed by family: a new model section inherits its family's settings, over its own
+    assert cfg.train["ddpm_small"].epochs == 3 and cfg.train["ddpm_small"].base_channels == 8
     cfg = load_config(path, ["train.gan.lr=0.25"])
     assert cfg.train["gan"].lr == 0.25 and cfg.train["gan"].epochs == 2  # --set beats the overlay
     with pytest.raises(ConfigError):
@@ -163,3 +173,31 @@ def test_schema_export_is_valid_json_schema_and_accepts_params():
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"train": {"gan": {"family": "gan", "bogus": 1}}}, schema)
     assert schema == PipelineConfig.model_json_schema()
+
+
+def test_an_overlay_keyed_by_model_name_says_what_it_is_called_now(tmp_path):
+    path = write_params(tmp_path, {**minimal(), "profile": "smoke"})
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "smoke.yaml").write_text("train: {gan: {epochs: 2}}\nfamilies: {gann: {}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert any(p.startswith("train: overlays are keyed by family") and "families.<family>" in p
+               for p in err.value.problems), err.value.problems
+    assert any(p.startswith("families.gann: not a model family") for p in err.value.problems)
+
+
+@pytest.mark.parametrize("overlay", sorted((ROOT / "profiles").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_overlay_holds_every_section_and_family(overlay):
+    """DVC reads each section (and each family) a stage depends on; a missing key would fail its stage."""
+    data = yaml.safe_load(overlay.read_text())
+    assert set(data) == set(OVERLAY_SECTIONS)
+    assert set(data["families"]) == set(FAMILIES)
+
+
+def test_a_renamed_key_says_what_it_is_called_now(tmp_path):
+    params = minimal()
+    params["train"]["gan"]["betas"] = [0.5, 0.9]
+    found = problems(tmp_path, params)
+    assert any(p.startswith("train.gan:") and "betas: renamed, it is called adam_betas now" in p for p in found), found
+    # a config stored in an older checkpoint still loads
+    assert model_config_from_dict({"family": "gan", "betas": [0.5, 0.9]}).adam_betas == (0.5, 0.9)

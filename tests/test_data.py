@@ -8,12 +8,12 @@ import hashlib
 import http.server
 import json
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from project import run_stage
 
 from components.config import DataConfig
 from components.data.dataset import load_split
@@ -295,15 +295,8 @@ def test_default_mirrors_put_debian_first() -> None:
 
 
 # --------------------------------------------------------------------------- the stage entry point
-def run_stage(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pipelines.fetch", *args],
-        check=False,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def run_fetch(*args: str) -> subprocess.CompletedProcess:
+    return run_stage(REPO, "fetch", *args, check=False, timeout=120)
 
 
 def test_stage_cli(tmp_path: Path) -> None:
@@ -313,7 +306,7 @@ def test_stage_cli(tmp_path: Path) -> None:
         "data: {source: synthetic, synthetic_train_size: 120, synthetic_test_size: 40}\n"
     )
     out = tmp_path / "prepared"
-    done = run_stage("--params", str(params), "--out", str(out), "--set", "data.train_subset=60")
+    done = run_fetch("--params", str(params), "--out", str(out), "--set", "data.train_subset=60")
     assert done.returncode == 0, done.stderr
     assert "train=60 test=40" in done.stdout and "synthetic" in done.stdout
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
@@ -322,8 +315,8 @@ def test_stage_cli(tmp_path: Path) -> None:
     assert meta["train_subset"] == 60 and meta["class_counts"]["train"] == [6] * 10
     assert load_split(out, "train").images.shape == (60, 1, 28, 28)
 
-    bad = run_stage("--params", str(params), "--out", str(tmp_path / "x"), "--set", "data.image_size=30")
+    bad = run_fetch("--params", str(params), "--out", str(tmp_path / "x"), "--set", "data.image_size=30")
     assert bad.returncode == 2 and "data.image_size" in bad.stderr
-    missing = run_stage("--params", str(params), "--out", str(tmp_path / "x"), "--set", f"data.source={tmp_path}/nope")
+    missing = run_fetch("--params", str(params), "--out", str(tmp_path / "x"), "--set", f"data.source={tmp_path}/nope")
     assert missing.returncode == 1 and missing.stderr.startswith("error: data.source=")
     assert not (tmp_path / "x").exists()

@@ -9,7 +9,8 @@ import torch
 from torch import Tensor
 
 from components.config import model_config_from_dict
-from components.models import model_class
+from components.models import FAMILIES as REGISTERED
+from components.models import family_kind, model_class
 from components.models.base import DataSpec, GenerativeModel
 from components.models.dcgan import feature_map_plan
 
@@ -19,8 +20,12 @@ TINY: dict[str, dict] = {
     "cgan": {"latent_dim": 16, "hidden_dim": 32, "label_embed_dim": 4},
     "dcgan": {"latent_dim": 16, "g_channels": 8, "d_channels": 8},
 }
-FAMILIES = list(TINY)
+FAMILIES = [f for f in REGISTERED if family_kind(f) == "gan"]  # every registered adversarial family
 BATCH = 32
+
+
+def test_every_adversarial_family_has_tiny_settings() -> None:
+    assert set(TINY) == set(FAMILIES)
 
 
 def build(family: str, spec: DataSpec | None = None, **overrides) -> GenerativeModel:

@@ -25,7 +25,7 @@ from servers import S3Server, local_stack_env
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ["gan", "cgan", "dcgan", "vae", "ddpm"]
+MODELS = list(yaml.safe_load((ROOT / "params.yaml").read_text())["train"])  # params.yaml's model sections
 #: every output folder or file the pipeline declares (dvc.yaml outs, metrics and plots)
 OUTPUTS = ("data/prepared", "models", "samples", "metrics", "plots", "reports")
 
@@ -163,6 +163,13 @@ def test_five_mlflow_runs_with_curves_images_and_eval_metrics(reproduced, stack)
         images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
         assert sum("samples" in p for p in images) >= 2
         assert run.data.tags["dvc_stage"] == f"train@{model}" and run.data.tags["git_commit"] != "unknown"
+
+
+def test_no_run_is_left_running(reproduced, stack):
+    """Every run the pipeline opens is ended: the models' runs by train, the evaluator's by its stage."""
+    _, runs = runs_by_name(stack)
+    assert {"evaluator", *MODELS} <= set(runs)
+    assert {name: run.info.status for name, run in runs.items() if run.info.status != "FINISHED"} == {}
 
 
 def test_runs_are_rows_in_postgres(reproduced, stack):

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 from project import make_project, read_json, run_stage
 from servers import WORKER_IP, ray_node
+
+from components.data.dataset import load_split
+from components.training.checkpoint import model_from_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -138,3 +142,19 @@ def test_two_nodes_one_worker_each(tmp_path):
     workers = read_json(project / "models" / "gan" / "workers.json")
     assert len({w["node"] for w in workers}) == 2
     assert workers[0]["weights"] == workers[1]["weights"]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_reference_features_are_the_saved_checkpoints(trained, ray_address, workers):
+    """Every rank embeds with the saved checkpoint's state: a re-extraction from checkpoint.pt
+    gives the stored reference features (BatchNorm's running statistics differ per DDP rank)."""
+    folder = "models/evaluator" if workers == 2 else "models/evaluator-1w"
+    if workers == 1:
+        run_stage(trained, "evaluator", "--set", "ray.num_workers=1", "--out", folder,
+                  "--metrics", "metrics/evaluator-1w.json", env={"RAY_ADDRESS": ray_address})
+    classifier = model_from_checkpoint(trained / folder / "checkpoint.pt")
+    reference = np.load(trained / folder / "reference.npz")
+    test = load_split(trained / "data" / "prepared", "test")
+    images = torch.as_tensor(test.images[: len(reference["test_features"])]).float().div(127.5).sub(1.0)
+    again = torch.cat([classifier.embed(images[i : i + 100]) for i in range(0, len(images), 100)]).double().numpy()
+    np.testing.assert_allclose(reference["test_features"], again, rtol=0, atol=1e-5)

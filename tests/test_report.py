@@ -6,16 +6,15 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from project import run_stage
 
 from components.report.leaderboard import (
     _gap_closed,
@@ -119,9 +118,7 @@ def make_project(root: Path) -> str:
 
 
 def run_report(root: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MPLBACKEND": "Agg"}
-    return subprocess.run([sys.executable, "-m", "pipelines.report", *args], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
+    return run_stage(root, "report", *args, env={"MPLBACKEND": "Agg"}, check=False, timeout=120)
 
 
 @pytest.fixture(scope="module")

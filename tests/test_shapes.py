@@ -43,7 +43,7 @@ def test_rgb_sample_grid_stays_rgb(tmp_path) -> None:
     import numpy as np
     from PIL import Image
 
-    from components.distributed.jobs import make_grid
+    from components.report.grid import make_grid
 
     images = np.zeros((4, 3, 8, 8), np.uint8)
     images[:, 0] = 255  # pure red

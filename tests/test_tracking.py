@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from components import tracking
+from components import provenance, tracking
 from components.config import MlflowConfig
 
 
@@ -21,15 +21,15 @@ def test_git_dirty_ignores_dvc_lock_but_not_code(tmp_path: Path) -> None:
     git(tmp_path, "commit", "-qm", "c")
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True,
                           check=True).stdout.strip()
-    assert tracking.git_info(tmp_path) == {"git_commit": head, "git_dirty": "False"}
+    assert provenance.git_info(tmp_path) == {"git_commit": head, "git_dirty": "False"}
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")  # written by the run being tagged
-    assert tracking.git_info(tmp_path)["git_dirty"] == "False"
+    assert provenance.git_info(tmp_path)["git_dirty"] == "False"
     (tmp_path / "code.py").write_text("x = 2\n")
-    assert tracking.git_info(tmp_path)["git_dirty"] == "True"
+    assert provenance.git_info(tmp_path)["git_dirty"] == "True"
 
 
 def test_git_info_outside_a_repository_says_unknown(tmp_path: Path) -> None:
-    assert tracking.git_info(tmp_path) == {"git_commit": "unknown", "git_dirty": "unknown"}
+    assert provenance.git_info(tmp_path) == {"git_commit": "unknown", "git_dirty": "unknown"}
 
 
 def test_tracking_uri_precedence(tmp_path: Path, monkeypatch) -> None:
@@ -38,3 +38,26 @@ def test_tracking_uri_precedence(tmp_path: Path, monkeypatch) -> None:
     assert tracking.resolve_tracking_uri(MlflowConfig(tracking_uri="http://x:5000"), tmp_path) == "http://x:5000"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:5000")
     assert tracking.resolve_tracking_uri(MlflowConfig(tracking_uri="http://x:5000"), tmp_path) == "http://env:5000"
+
+
+def test_stage_run_logs_and_ends_its_run_with_the_right_status(tmp_path: Path) -> None:
+    import numpy as np
+    import pytest
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runs = {name: tracking.start_run(uri, "e", name, {"stage": name}, {"p": 1}) for name in ("ok", "failed", "kept")}
+    with tracking.StageRun(uri, runs["ok"]) as run:
+        run.log_metrics({"eval/fid": 1.5, "eval/flag": True, "name": "x"})
+        run.set_tags({"extractor_checksum": "abc"})
+        run.log_image(np.zeros((4, 4), dtype=np.uint8), key="final_samples")
+    with pytest.raises(RuntimeError), tracking.StageRun(uri, runs["failed"]):
+        raise RuntimeError("stage failed")
+    with tracking.StageRun(uri, runs["kept"], end=False) as run:
+        run.log_metrics({"sample/seconds": 2.0})
+    client = tracking.client(uri)
+    ok = client.get_run(runs["ok"])
+    assert ok.info.status == "FINISHED" and ok.data.metrics == {"eval/fid": 1.5}
+    assert ok.data.tags["extractor_checksum"] == "abc"
+    assert any("final_samples" in a.path for a in client.list_artifacts(runs["ok"], "images"))
+    assert client.get_run(runs["failed"]).info.status == "FAILED"
+    assert client.get_run(runs["kept"]).info.status == "RUNNING"  # ended by the stage that opened it

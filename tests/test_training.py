@@ -13,12 +13,18 @@ import torch
 
 from components.config import GANConfig, VAEConfig
 from components.data.loader import TensorLoader
-from components.distributed.jobs import train_job
 from components.distributed.session import LocalSession
+from components.distributed.train_jobs import train_job
 from components.models import build_model
 from components.models.base import DataSpec
-from components.training.callbacks import LocalCheckpoint
-from components.training.checkpoint import load_checkpoint, model_from_checkpoint, weights_digest
+from components.training.checkpoint import (
+    CHECKPOINT_FILE,
+    checkpoint_payload,
+    load_checkpoint,
+    model_from_checkpoint,
+    parameter_digest,
+    save_checkpoint,
+)
 from components.training.loop import Callback, NonFiniteLossError, fit
 
 SPEC = DataSpec()
@@ -52,6 +58,16 @@ def test_uneven_shards_are_padded_so_ranks_run_equal_steps():
     assert [len(list(loader)) for loader in loaders] == [5, 5]
 
 
+class EveryEpochCheckpoint(Callback):
+    """Writes ``<folder>/checkpoint.pt`` after every epoch."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def on_epoch_end(self, model, stats):
+        save_checkpoint(self.folder / CHECKPOINT_FILE, checkpoint_payload(model, name="gan", epoch=stats.epoch + 1))
+
+
 class Poison(Callback):
     """Makes the generator's weights NaN after the first epoch."""
 
@@ -66,7 +82,7 @@ def test_nan_guard_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(t
     images, labels = data()
     model = build_model(GANConfig(epochs=3, batch_size=64, hidden_dim=16, latent_dim=8), SPEC)
     loader = TensorLoader(images, labels, batch_size=64)
-    saver = LocalCheckpoint(tmp_path, "gan", every=1, epochs=3)
+    saver = EveryEpochCheckpoint(tmp_path)
     with pytest.raises(NonFiniteLossError, match="non-finite loss"):
         fit(model, loader, epochs=3, seed=0, log_every=2, callbacks=[saver, Poison()])
     payload = load_checkpoint(tmp_path)
@@ -92,7 +108,7 @@ def test_plain_train_job_resumes_to_the_uninterrupted_weights(tmp_path):
     with uninterrupted.latest_checkpoint() as a, interrupted.latest_checkpoint() as b:
         want, got = model_from_checkpoint(load_checkpoint(a)), model_from_checkpoint(load_checkpoint(b))
     assert got.step == want.step == 9
-    assert weights_digest(got) == weights_digest(want)
+    assert parameter_digest(got) == parameter_digest(want)
 
 
 def test_same_seed_same_weights_different_seed_different():
@@ -100,7 +116,7 @@ def test_same_seed_same_weights_different_seed_different():
         images, labels = data()
         model = build_model(GANConfig(seed=seed, batch_size=64, hidden_dim=16, latent_dim=8), SPEC)
         fit(model, TensorLoader(images, labels, 64, seed=seed), epochs=2, seed=seed, log_every=100)
-        return weights_digest(model)
+        return parameter_digest(model)
 
     assert train(1) == train(1)
     assert train(1) != train(2)

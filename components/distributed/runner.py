@@ -1,4 +1,4 @@
-"""Run a worker body (``jobs.py``) as a Ray Train ``TorchTrainer`` job, or in-process with ``plain``.
+"""Run a worker body (``train_jobs.py``, ``inference_jobs.py``) as a Ray Train ``TorchTrainer`` job, or in-process with ``plain``.
 
 Connection: ``RAY_ADDRESS`` (or ``ray.address``) names a cluster to join, with the
 ``components`` package shipped to the workers; otherwise a running local cluster
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from components.config import RayConfig
+from components.distributed.session import Session
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Environment variables that describe where things are (never credentials): forwarded to workers.
@@ -109,18 +110,18 @@ def check_storage(storage: str) -> None:
         ) from None
 
 
-def _ray_entry(job: dict[str, Any], *, body: Callable[[dict[str, Any], Any], Any]) -> None:
+def _ray_entry(job: dict[str, Any], *, body: Callable[[dict[str, Any], Session], Any]) -> None:
     from components.distributed.session import RaySession
 
     body(job, RaySession())
 
 
-def run_job(body: Callable[[dict[str, Any], Any], Any], job: dict[str, Any], *, cfg: RayConfig, name: str,
+def run_job(body: Callable[[dict[str, Any], Session], Any], job: dict[str, Any], *, cfg: RayConfig, name: str,
             plain: bool = False, keep_run: bool = False) -> Path:
     """Run ``body(job, session)`` and return a local folder holding its final checkpoint.
 
     Args:
-        body: a worker body from ``jobs.py``.
+        body: a worker body from ``train_jobs.py`` or ``inference_jobs.py``.
         job: its inputs (arrays included).
         cfg: Ray settings (workers, GPUs, storage, failures).
         name: the run name; re-running an interrupted job with the same name resumes it.

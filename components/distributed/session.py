@@ -1,6 +1,7 @@
 """Where a worker function runs: in this process (``LocalSession``) or as a Ray Train worker
-(``RaySession``). The worker bodies in ``jobs.py`` talk only to this small interface, so the
-same code runs with and without Ray; only ``RaySession`` imports Ray.
+(``RaySession``). The worker bodies (``train_jobs.py``, ``inference_jobs.py``) talk only to this
+small interface, the ``Session`` protocol, so the same code runs with and without Ray; only
+``RaySession`` imports Ray.
 """
 
 from __future__ import annotations
@@ -10,10 +11,35 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
+
+
+class Session(Protocol):
+    """What a worker body may ask of where it runs (``LocalSession`` or ``RaySession``)."""
+
+    rank: int
+    world_size: int
+    node: str
+    device: torch.device
+
+    def latest_checkpoint(self) -> contextlib.AbstractContextManager[Path | None]:
+        """The folder of the newest reported checkpoint (None on a fresh start), while in the block."""
+        ...
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
+        """Report metrics, and a checkpoint folder (every rank calls it; rank 0's files are kept)."""
+        ...
+
+    def prepare(self, module: nn.Module) -> nn.Module:
+        """Wrap a network for data-parallel training (DDP), or return it as it is."""
+        ...
+
+    def broadcast(self, module: nn.Module) -> None:
+        """Overwrite ``module``'s parameters and buffers on every rank with rank 0's, in place."""
+        ...
 
 
 class LocalSession:
@@ -45,6 +71,9 @@ class LocalSession:
 
     def prepare(self, module: nn.Module) -> nn.Module:
         return module
+
+    def broadcast(self, module: nn.Module) -> None:
+        del module  # one rank: nothing to agree on
 
 
 class RaySession:
@@ -81,3 +110,12 @@ class RaySession:
         if self.world_size == 1:
             return module  # DDP over one process only adds overhead
         return ray.train.torch.prepare_model(module, move_to_device=False)
+
+    def broadcast(self, module: nn.Module) -> None:
+        if self.world_size == 1:
+            return
+        import torch.distributed as dist
+
+        # state_dict tensors share storage with the module's: BatchNorm running statistics included
+        for tensor in module.state_dict().values():
+            dist.broadcast(tensor, src=0)

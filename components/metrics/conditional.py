@@ -78,9 +78,3 @@ def classifier_accuracy(
         Accuracy in [0, 1].
     """
     return conditional_accuracy(predict_labels(logits_fn, images, batch_size, device), labels)
-
-
-def class_histogram(predicted: np.ndarray | Tensor, num_classes: int) -> np.ndarray:
-    """Share of samples per predicted class, ``(num_classes,)``: a mode-dropping check for unconditional models."""
-    counts = np.bincount(torch.as_tensor(predicted).cpu().long().numpy(), minlength=num_classes)
-    return counts / max(counts.sum(), 1)

@@ -27,7 +27,7 @@ def iter_batches(images: np.ndarray | Tensor, batch_size: int, progress: bool = 
 def apply_batched(
     fn: Callable[[Tensor], Tensor],
     images: np.ndarray | Tensor,
-    batch_size: int,
+    batch_size: int = 500,
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> np.ndarray:
@@ -45,25 +45,3 @@ def apply_batched(
     """
     outputs = [fn(batch.to(device)).double().cpu() for batch in iter_batches(images, batch_size, progress)]
     return torch.cat(outputs).numpy()
-
-
-def extract_features(
-    extractor: Callable[[Tensor], Tensor],
-    images: np.ndarray | Tensor,
-    batch_size: int = 500,
-    device: torch.device | str = "cpu",
-    progress: bool = False,
-) -> np.ndarray:
-    """Features of every image, in order, as float64.
-
-    Args:
-        extractor: a ``FeatureExtractor`` (uint8 ``(B, C, H, W)`` -> ``(B, D)``), already on ``device``.
-        images: uint8 ``(N, C, H, W)``.
-        batch_size: images per forward pass.
-        device: where the extractor runs.
-        progress: show a tqdm bar.
-
-    Returns:
-        float64 ``(N, D)`` array, ready for ``fid``, ``precision_recall`` and friends.
-    """
-    return apply_batched(extractor, images, batch_size, device, progress)

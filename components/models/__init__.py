@@ -1,27 +1,31 @@
 """Model families behind one interface, and the registry that maps a config's family tag to its class.
 
-Stages call ``build_model(config, spec, device)`` and never branch on the family.
+``FAMILIES`` is the one list of generative families: the config's family ``Literal``, the
+benchmarks, the report's colours and the tests all read it. Stages call
+``build_model(config, spec, device)`` and never branch on the family. Importing this package
+imports no torch (the config reads ``FAMILIES``); a family's module is imported on first use.
 """
 
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from components.models.base import DataSpec, TrainableModel
+    from components.models.base import DataSpec, TrainableModel
 
-#: family tag -> (module, class name); modules are imported on first use.
-REGISTRY: dict[str, tuple[str, str]] = {
+#: generative family tag -> (module, class name), in the order reports and benchmarks list them
+FAMILIES: dict[str, tuple[str, str]] = {
     "gan": ("components.models.gan", "GAN"),
     "cgan": ("components.models.cgan", "CGAN"),
     "dcgan": ("components.models.dcgan", "DCGAN"),
     "vae": ("components.models.vae", "VAE"),
     "ddpm": ("components.models.ddpm", "DDPM"),
-    # not generative: the evaluation feature extractor, trained by the same loop
-    "classifier": ("components.models.classifier", "Classifier"),
 }
-GENERATIVE_FAMILIES = ("gan", "cgan", "dcgan", "vae", "ddpm")
+#: every trainable model, the evaluation feature extractor (trained by the same loop) included
+REGISTRY: dict[str, tuple[str, str]] = {**FAMILIES, "classifier": ("components.models.classifier", "Classifier")}
 
 
 def model_class(family: str) -> type[TrainableModel]:
@@ -31,6 +35,11 @@ def model_class(family: str) -> type[TrainableModel]:
     except KeyError:
         raise ValueError(f"unknown model family {family!r}; known: {sorted(REGISTRY)}") from None
     return getattr(importlib.import_module(module), name)
+
+
+def family_kind(family: str) -> str:
+    """The family's kind (``gan``, ``vae``, ``diffusion``), read from its class; the family itself if it has none."""
+    return getattr(model_class(family), "kind", family)
 
 
 def build_model(config, spec: DataSpec, device: torch.device | str = "cpu") -> TrainableModel:

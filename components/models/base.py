@@ -154,13 +154,13 @@ class TrainableModel(abc.ABC):
             nn.utils.clip_grad_norm_(network.parameters(), self.config.grad_clip)
 
     def make_adam(self, *networks: nn.Module) -> torch.optim.Optimizer:
-        """Adam with the config's lr/betas; fused on CUDA (one kernel per step)."""
+        """Adam with the config's lr/adam_betas; fused on CUDA (one kernel per step)."""
         params = [p for net in networks for p in net.parameters()]
         cfg = self.config
         fused = self.device.type == "cuda"
         if cfg.weight_decay:
-            return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=fused)
-        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, fused=fused)
+            return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay, fused=fused)
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.adam_betas, fused=fused)
 
     def extra_state(self) -> dict[str, Any]:
         """Family-specific state to checkpoint besides networks and optimisers."""

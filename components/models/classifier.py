@@ -3,7 +3,7 @@
 Inception-v3 features (the usual FID space) are trained on ImageNet photographs and need a
 weight download; a classifier trained on the data set itself gives a feature space that
 knows what a sandal looks like, and it runs offline in minutes on a CPU. Every metric is
-recorded with ``weights_checksum`` of this network, because FIDs computed with different
+recorded with ``state_checksum`` of this network, because FIDs computed with different
 extractors are not comparable.
 """
 
@@ -75,8 +75,8 @@ class FeatureExtractor(nn.Module):
     Usable directly as torchmetrics' ``FrechetInceptionDistance(feature=...)`` /
     ``KernelInceptionDistance(feature=...)``: it takes what ``update`` is given (uint8
     ``(B, C, H, W)``) and exposes ``num_features`` so torchmetrics does not probe it with a
-    3x299x299 dummy image. The pipeline instead extracts features once with
-    ``components.metrics.features.extract_features`` and reuses them for every metric.
+    3x299x299 dummy image. The pipeline instead extracts features once
+    (``Classifier.embed_and_predict`` in the features job) and reuses them for every metric.
 
     Args:
         net: the trained network; it is put in eval mode and frozen, so pass a copy if it is
@@ -106,11 +106,11 @@ class FeatureExtractor(nn.Module):
         return self.net(uint8_to_float(images))
 
     def checksum(self) -> str:
-        """The extractor's identity: ``weights_checksum`` of its network."""
-        return weights_checksum(self.net.state_dict())
+        """The extractor's identity: ``state_checksum`` of its network."""
+        return state_checksum(self.net.state_dict())
 
 
-def weights_checksum(state_dict: Mapping[str, Tensor]) -> str:
+def state_checksum(state_dict: Mapping[str, Tensor]) -> str:
     """SHA-256 over names, dtypes, shapes and bytes of the tensors in sorted key order; 16 hex chars.
 
     Args:
@@ -182,16 +182,18 @@ class Classifier(TrainableModel):
         return net.embed(images)
 
     @torch.no_grad()
-    def logits(self, images: Tensor) -> Tensor:
-        """``(B, C, H, W)`` float in [-1, 1] -> ``(B, num_classes)`` logits, in eval mode."""
+    def embed_and_predict(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, C, H, W)`` float in [-1, 1] -> ``(B, feature_dim)`` embedding and ``(B,)`` predicted
+        classes (the arg-max of the head on that embedding), in eval mode."""
         net = unwrap(self.net)
         net.eval()
-        return net(images)
+        features = net.embed(images)
+        return features, net.head(features).argmax(dim=1)
 
     def feature_extractor(self) -> FeatureExtractor:
         """A frozen uint8-input snapshot of the current network (a copy: later steps do not change it)."""
         return FeatureExtractor(copy.deepcopy(unwrap(self.net)))
 
     def checksum(self) -> str:
-        """``weights_checksum`` of the bare network."""
-        return weights_checksum(unwrap(self.net).state_dict())
+        """``state_checksum`` of the bare network."""
+        return state_checksum(unwrap(self.net).state_dict())

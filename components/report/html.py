@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from components.config import PipelineConfig
+from components.models import FAMILIES
+from components.provenance import git_info
 from components.report.leaderboard import (
     READING_NOTE,
     ReportInputs,
@@ -27,12 +29,12 @@ from components.report.leaderboard import (
     markdown_table,
     run_facts,
 )
-from components.tracking import git_info
 
 if TYPE_CHECKING:
     from matplotlib.axis import Axis
 
-FAMILY_COLOURS = {"gan": "#d62728", "cgan": "#ff7f0e", "dcgan": "#8c564b", "vae": "#1f77b4", "ddpm": "#9467bd"}
+PALETTE = ("#d62728", "#ff7f0e", "#8c564b", "#1f77b4", "#9467bd", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+FAMILY_COLOURS = dict(zip(FAMILIES, PALETTE))  # a colour per registered family, in the registry's order
 FLOOR_COLOUR = "#2a9d4b"
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from components import layout
 from components.config import PipelineConfig
 from components.report.curves import EPOCH_KEYS
 
@@ -55,10 +56,14 @@ class ReportInputs:
     models: dict[str, ModelInputs] = field(default_factory=dict)
 
 
+#: what ``load_inputs`` reads under the project root (the report stage's dependencies)
+REPORT_INPUTS = (layout.METRICS, layout.MODELS, layout.SAMPLES, layout.META)
+
+
 def _stage_hint(rel: str) -> str:
     """Which stage writes ``rel`` (a path relative to the project root)."""
     parts = Path(rel).parts
-    if rel == "metrics/evaluator.json":
+    if rel == layout.EVALUATOR_METRICS:
         return "the evaluator stage (dvc repro evaluator)"
     if parts[0] == "data":
         return "the fetch stage (dvc repro fetch)"
@@ -90,17 +95,17 @@ def load_inputs(names: list[str], root: Path) -> ReportInputs:
     Returns:
         The parsed inputs; raises ReportInputError on the first missing or unreadable file.
     """
-    inputs = ReportInputs(evaluator=_read(root, "metrics/evaluator.json", "json"),
-                          meta=_read(root, "data/prepared/meta.json", "json"))
+    inputs = ReportInputs(evaluator=_read(root, layout.EVALUATOR_METRICS, "json"), meta=_read(root, layout.META, "json"))
     for name in names:
+        model, samples = layout.model_dir(name), layout.samples_dir(name)
         inputs.models[name] = ModelInputs(
             name=name,
-            metrics=_read(root, f"metrics/{name}.json", "json"),
-            history=_read(root, f"models/{name}/history.json", "json"),
-            config=_read(root, f"models/{name}/config.json", "json"),
-            run=_read(root, f"models/{name}/mlflow_run.json", "json"),
-            grid_png=_read(root, f"samples/{name}/grid.png", "bytes"),
-            loss_png=_read(root, f"models/{name}/loss.png", "bytes"),
+            metrics=_read(root, layout.metrics_file(name), "json"),
+            history=_read(root, f"{model}/history.json", "json"),
+            config=_read(root, f"{model}/config.json", "json"),
+            run=_read(root, f"{model}/mlflow_run.json", "json"),
+            grid_png=_read(root, f"{samples}/grid.png", "bytes"),
+            loss_png=_read(root, f"{model}/loss.png", "bytes"),
         )
     return inputs
 
@@ -316,7 +321,7 @@ def run_facts(cfg: PipelineConfig, inputs: ReportInputs, git: dict[str, str]) ->
     Args:
         cfg: the resolved pipeline config (profile, seeds, bootstrap repeats).
         inputs: from :func:`load_inputs`.
-        git: ``components.tracking.git_info()`` of the project.
+        git: ``components.provenance.git_info()`` of the project.
 
     Returns:
         Data set, N, extractor, seeds, code version, profile, MLflow experiment and run ids.

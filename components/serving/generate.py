@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from components import layout
 from components.serving.generator import Generated, Generator
 
 
@@ -15,7 +16,7 @@ class GenerateError(Exception):
     """A model that cannot be found or loaded, an unreachable registry, a bad output path."""
 
 
-def local_generator(models_dir: str | Path, name: str, data_dir: str | Path = "data/prepared") -> Generator:
+def local_generator(models_dir: str | Path, name: str, data_dir: str | Path = layout.DATA) -> Generator:
     """The generator of ``models_dir/name/checkpoint.pt``; class names from the prepared data's meta.json.
 
     Raises:
@@ -67,8 +68,8 @@ def registered_generator(model_uri: str, tracking_uri: str) -> Generator:
 def write_images(generated: Generated, out: str | Path) -> Path:
     """``.png``: a grid, one row per class when labelled (else about square); ``.npz``: ``images``
     ``(N, C, H, W)`` uint8 and ``labels`` ``(N,)`` int64 (-1 = unconditioned). Written atomically."""
-    from components.distributed.jobs import make_grid
     from components.io import atomic_path
+    from components.report.grid import make_grid
 
     out = Path(out)
     if out.suffix not in (".png", ".npz"):

@@ -1,26 +1,11 @@
-"""Loop callbacks that need neither Ray nor MLflow: local checkpoints and a progress bar."""
+"""Loop callbacks that need neither Ray nor MLflow: a progress bar."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from components.models.base import TrainableModel
-from components.training.checkpoint import CHECKPOINT_FILE, checkpoint_payload, save_checkpoint
 from components.training.loop import Callback, EpochStats
-
-
-class LocalCheckpoint(Callback):
-    """Write ``<folder>/checkpoint.pt`` every ``every`` epochs and after the last one."""
-
-    def __init__(self, folder: str | Path, name: str, every: int, epochs: int):
-        self.folder, self.name, self.every, self.epochs = Path(folder), name, every, epochs
-
-    def on_epoch_end(self, model: TrainableModel, stats: EpochStats) -> None:
-        done = stats.epoch + 1
-        if done % self.every == 0 or done == self.epochs:
-            save_checkpoint(self.folder / CHECKPOINT_FILE, checkpoint_payload(model, name=self.name, epoch=done))
 
 
 class ProgressBar(Callback):

@@ -33,7 +33,7 @@ def checkpoint_payload(model: TrainableModel, *, name: str, epoch: int, extra: d
     }
 
 
-def weights_digest(model: TrainableModel) -> str:
+def parameter_digest(model: TrainableModel) -> str:
     """SHA-256 (16 hex chars) over every network's parameters, in name order.
 
     Buffers are left out on purpose: under DDP each rank updates BatchNorm running statistics

@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -39,8 +40,9 @@ class EpochStats:
         return self.images / self.seconds if self.seconds > 0 else float("nan")
 
 
-class Callback:
-    """Hooks into ``fit``. Override what you need."""
+class Callback(Protocol):
+    """Hooks into ``fit``: subclass and override what you need, or offer all four (as
+    ``tracking.MlflowCallback`` does, so that tracking needs no import of the loop)."""
 
     def on_train_start(self, model: TrainableModel, start_epoch: int) -> None: ...
 

@@ -1,0 +1,156 @@
+"""Worker bodies that train: a generative model (``train_job``), the evaluator (``evaluator_job``).
+
+Each takes a plain ``job`` dict (everything a worker needs, arrays included, so no worker
+reads the driver's disk: this works on a multi-node cluster) and a ``Session`` (local or Ray).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from components.config import model_config_from_dict
+from components.data.loader import TensorLoader
+from components.distributed.inference_jobs import embed_sets
+from components.distributed.session import Session
+from components.models import build_model
+from components.models.base import DataSpec, TrainableModel
+from components.training.checkpoint import (
+    CHECKPOINT_FILE,
+    checkpoint_payload,
+    load_checkpoint,
+    parameter_digest,
+    save_checkpoint,
+)
+from components.training.loop import Callback, EpochStats, configure_runtime, fit
+
+HISTORY_FILE = "history.json"
+FAULT_STEP_ENV = "GENMODELS_FAULT_AT_STEP"  # test-only: raise once at this step
+FAULT_MARKER_ENV = "GENMODELS_FAULT_MARKER"  # file created when the fault fired, so it fires once
+
+
+class ReportCallback(Callback):
+    """Checkpoint every ``every`` epochs (and at the end) through the session; rank 0 writes the file."""
+
+    def __init__(self, session: Session, name: str, every: int, epochs: int, history: list[dict]):
+        self.session, self.name, self.every, self.epochs, self.history = session, name, every, epochs, history
+
+    def on_epoch_end(self, model: TrainableModel, stats: EpochStats) -> None:
+        done = stats.epoch + 1
+        metrics = {"epoch": done, "step": model.step, **{f"train/{k}": v for k, v in stats.losses.items()}}
+        if done % self.every and done != self.epochs:
+            self.session.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            if self.session.rank == 0:
+                save_checkpoint(Path(folder) / CHECKPOINT_FILE, checkpoint_payload(model, name=self.name, epoch=done))
+                (Path(folder) / HISTORY_FILE).write_text(json.dumps(self.history))
+            # every rank adds its weights digest and node: the driver checks DDP kept the ranks equal
+            worker = {"rank": self.session.rank, "node": self.session.node, "weights": parameter_digest(model),
+                      "step": model.step}
+            (Path(folder) / f"worker-{self.session.rank:03d}.json").write_text(json.dumps(worker))
+            self.session.report(metrics, Path(folder))
+
+
+class HistoryCallback(Callback):
+    """Keeps the logged losses (for loss curves) and epoch stats in a list of dicts."""
+
+    def __init__(self, history: list[dict], world_size: int):
+        self.history, self.world_size = history, world_size
+
+    def on_log(self, model: TrainableModel, step: int, losses: dict[str, float]) -> None:
+        self.history.append({"step": step, **losses})
+
+    def on_epoch_end(self, model: TrainableModel, stats: EpochStats) -> None:
+        self.history.append({"step": model.step, "epoch": stats.epoch + 1, "epoch_seconds": stats.seconds,
+                             "images_per_s": stats.images_per_s * self.world_size})
+
+
+class FaultInjection(Callback):
+    """Test-only: raise at a given step once (``GENMODELS_FAULT_AT_STEP`` + ``GENMODELS_FAULT_MARKER``)."""
+
+    def __init__(self) -> None:
+        self.step = int(os.environ.get(FAULT_STEP_ENV, "0"))
+        self.marker = os.environ.get(FAULT_MARKER_ENV)
+
+    def on_log(self, model: TrainableModel, step: int, losses: dict[str, float]) -> None:
+        if self.step and self.marker and step >= self.step and not Path(self.marker).exists():
+            Path(self.marker).write_text(str(step))
+            raise RuntimeError(f"injected fault at step {step}")
+
+
+def train_job(job: dict[str, Any], session: Session) -> list[EpochStats]:
+    """Train one model: resume from the session's latest checkpoint, wrap for DDP, run ``fit``."""
+    return _train(job, session)[1]
+
+
+def _train(job: dict[str, Any], session: Session) -> tuple[TrainableModel, list[EpochStats]]:
+    cfg = model_config_from_dict(job["config"])
+    model = build_model(cfg, DataSpec(**job["spec"]), session.device)
+    start_epoch = 0
+    history: list[dict] = []
+    with session.latest_checkpoint() as folder:
+        if folder is not None:
+            payload = load_checkpoint(folder / CHECKPOINT_FILE, session.device)
+            model.load_state_dict(payload["state"])
+            start_epoch = payload["epoch"]
+            if (folder / HISTORY_FILE).exists():
+                history = json.loads((folder / HISTORY_FILE).read_text())
+            if session.rank == 0:
+                print(f"{job['name']}: resumed from epoch {start_epoch} (step {model.step})", flush=True)
+    configure_runtime(model, cfg.precision, cfg.channels_last, cfg.compile)
+    model.wrap_networks(session.prepare)
+    loader = TensorLoader(job["images"], job["labels"], cfg.batch_size, session.device, shuffle=True,
+                          seed=cfg.seed, rank=session.rank, world_size=session.world_size)
+    callbacks: list[Callback] = [HistoryCallback(history, session.world_size), FaultInjection()]
+    logger = monitor = None
+    if session.rank == 0 and job.get("tracking"):
+        from components.tracking import MlflowCallback, start_tracking
+
+        logger, monitor = start_tracking(job["tracking"])
+        callbacks.append(MlflowCallback(logger, session.world_size, cfg.image_every, cfg.epochs, job.get("grid_seed", 0)))
+    if session.rank == 0 and job.get("progress", True):
+        from components.training.callbacks import ProgressBar
+
+        callbacks.append(ProgressBar(cfg.epochs * len(loader), desc=f"train {job['name']}"))
+    callbacks.append(ReportCallback(session, job["name"], cfg.checkpoint_every, cfg.epochs, history))
+    try:
+        stats = fit(model, loader, epochs=cfg.epochs, seed=cfg.seed, start_epoch=start_epoch, rank=session.rank,
+                    log_every=cfg.log_every, channels_last=cfg.channels_last, callbacks=callbacks)
+        return model, stats
+    finally:
+        if monitor is not None:
+            monitor.finish()
+        if logger is not None:
+            errors = logger.close()
+            if errors:
+                print(f"warning: {len(errors)} MLflow writes failed: {errors[:3]}")
+
+
+def evaluator_job(job: dict[str, Any], session: Session) -> None:
+    """Train the evaluator, then embed ``job["image_sets"]`` with it: one Ray job, one start-up.
+
+    The final checkpoint holds ``checkpoint.pt`` and one folder of feature chunks per set, as
+    ``train_job`` and ``features_job`` would have written them. Every rank embeds with rank 0's
+    state, the one saved: under DDP each rank's BatchNorm running statistics come from its own shard.
+    """
+    model, _ = _train(job, session)
+    for network in model.networks().values():
+        session.broadcast(network)
+    epochs = model_config_from_dict(job["config"]).epochs
+    with tempfile.TemporaryDirectory() as folder:
+        if session.rank == 0:
+            save_checkpoint(Path(folder) / CHECKPOINT_FILE, checkpoint_payload(model, name=job["name"], epoch=epochs))
+        embed_sets(model, job["image_sets"], job["batch_size"], session, Path(folder))
+        session.report({"sets": len(job["image_sets"])}, Path(folder))
+
+
+def worker_records(folder: str | Path) -> list[dict[str, Any]]:
+    """The per-rank records of a training checkpoint; raises if the ranks' weights differ."""
+    records = [json.loads(p.read_text()) for p in sorted(Path(folder).glob("worker-*.json"))]
+    if len({r["weights"] for r in records}) > 1:
+        raise RuntimeError(f"DDP ranks disagree on the final weights: {records}")
+    return records

@@ -1,0 +1,38 @@
+"""Where the pipeline's files live, relative to the project root: the one list of paths stages
+read and write. Stage entry points take these as their arguments' defaults; ``dvc.yaml`` names
+the same paths, and ``tests/test_dvc_deps.py`` checks that the two agree.
+"""
+
+from __future__ import annotations
+
+DATA = "data/prepared"
+META = f"{DATA}/meta.json"
+MODELS = "models"
+SAMPLES = "samples"
+METRICS = "metrics"
+PLOTS = "plots/train"
+REPORTS = "reports"
+EVALUATOR = "evaluator"  # the feature extractor's model folder and metrics name
+EVALUATOR_DIR = f"{MODELS}/{EVALUATOR}"
+EVALUATOR_METRICS = f"{METRICS}/{EVALUATOR}.json"
+REFERENCE_FILE = "reference.npz"  # in EVALUATOR_DIR: the real images' features
+
+
+def model_dir(name: str) -> str:
+    """``models/NAME``: a trained model's checkpoint, config, history and MLflow run id."""
+    return f"{MODELS}/{name}"
+
+
+def samples_dir(name: str) -> str:
+    """``samples/NAME``: the model's generated and ceiling images and its grid."""
+    return f"{SAMPLES}/{name}"
+
+
+def metrics_file(name: str) -> str:
+    """``metrics/NAME.json``: the model's scores."""
+    return f"{METRICS}/{name}.json"
+
+
+def plot_file(name: str) -> str:
+    """``plots/train/NAME.csv``: the model's loss curve for ``dvc plots``."""
+    return f"{PLOTS}/{name}.csv"
