@@ -72,7 +72,7 @@ def client(uri: str):
 
 
 def git_info(root: str | Path = ".") -> dict[str, str]:
-    """Current commit and whether the work tree has uncommitted changes.
+    """Current commit and whether the work tree has uncommitted changes (in the image: its build's commit).
 
     ``dvc.lock`` does not count: DVC rewrites it after every stage of the very run being tagged.
     """
@@ -82,7 +82,8 @@ def git_info(root: str | Path = ".") -> dict[str, str]:
     try:
         return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": str(bool(git("status", "--porcelain", "--", ".", ":(exclude)dvc.lock")))}
     except (subprocess.CalledProcessError, FileNotFoundError):
-        return {"git_commit": "unknown", "git_dirty": "unknown"}
+        # The project image has no .git; its build recorded the commit (GENMODELS_GIT_COMMIT).
+        return {"git_commit": os.environ.get("GENMODELS_GIT_COMMIT", "unknown"), "git_dirty": "unknown"}
 
 
 def library_versions() -> dict[str, str]:
@@ -249,6 +250,16 @@ def warn_errors(errors: list[str]) -> None:
         warnings.warn(f"{len(errors)} MLflow writes failed after retries: {errors[:3]}", stacklevel=2)
 
 
+def image_info() -> dict[str, str]:
+    """``{"image": <ref@sha256:...>}`` when running in the project image, else ``{}``.
+
+    An image cannot hold its own digest, so the launcher (infra/compose, KubeRay, ``ray up``) sets
+    ``GENMODELS_IMAGE`` to the pinned reference it started the container from.
+    """
+    image = os.environ.get("GENMODELS_IMAGE", "")
+    return {"image": image} if image else {}
+
+
 def run_tags(*, family: str, model_name: str, seed: int, data_checksum: str, workers: int, profile: str,
              stage: str) -> dict[str, str]:
     """The tags every run carries: what it is, where its code and data came from, what ran it."""
@@ -262,6 +273,7 @@ def run_tags(*, family: str, model_name: str, seed: int, data_checksum: str, wor
         "profile": profile,
         "dvc_stage": stage,
         **git_info(),
+        **image_info(),
         **{f"version.{k}": v for k, v in library_versions().items()},
     }
     return tags

@@ -20,7 +20,7 @@ import torch
 from components import tracking
 from components.data.dataset import load_split
 from components.distributed.jobs import features_job, merge_chunks
-from components.distributed.runner import StorageError, run_job, run_name
+from components.distributed.runner import ClusterUnreachable, StorageError, run_job, run_name
 from components.io import write_json
 from components.metrics.conditional import conditional_accuracy
 from components.metrics.suite import sample_metrics
@@ -105,4 +105,4 @@ def _read_json(path: Path) -> dict:
 
 
 if __name__ == "__main__":
-    run_main(main, StorageError, tracking.TrackingError, FileNotFoundError)
+    run_main(main, ClusterUnreachable, StorageError, tracking.TrackingError, FileNotFoundError)
