@@ -177,6 +177,8 @@ def gan_runs(env: dict[str, str]) -> list[str]:
     return out.split()
 
 
+@pytest.mark.skip(reason="unfinished: on the last run the kill came after the 7 s of training had ended "
+                         "(no restart happened); needs a longer train job with its own uninterrupted reference")
 def test_worker_container_killed_mid_train_resumes_in_the_same_run_with_equal_weights(
         cluster: dict[str, str], tmp_path: Path) -> None:
     """`docker kill` of a worker between two checkpoints; it comes back (`docker start`, as a node
@@ -210,6 +212,7 @@ def test_worker_container_killed_mid_train_resumes_in_the_same_run_with_equal_we
     assert len(gan_runs(cluster)) == len(runs_before) + 1  # one run, re-attached after the restart
 
 
+@pytest.mark.skip(reason="unfinished: written but never run (same timing problem as the worker kill)")
 def test_driver_killed_mid_stage_then_dvc_repro_resumes_in_the_same_run(cluster: dict[str, str]) -> None:
     """SIGKILL of the whole driver (dvc and its stage) after a checkpoint; nothing half-written;
     `dvc repro` again resumes from that checkpoint into the same MLflow run."""
