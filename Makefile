@@ -9,12 +9,15 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # Ray and tqdm print less noise; Ray must not phone home.
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: help setup venv run test test-fast lint lock validate clean
+.PHONY: help setup venv run test test-fast test-containers lint lock validate clean image cluster-up cluster-down
 
 help:
 	@echo "make run    - set up .venv, then run the pipeline (dvc repro) with params.yaml"
 	@echo "make test   - set up .venv, then run the test suite"
 	@echo "make setup  - system packages (Fashion-MNIST, PostgreSQL, Chromium) when root with apt-get"
+	@echo "make image  - build the project image, push it to REGISTRY (default 127.0.0.1:5000), pin its digest"
+	@echo "make cluster-up / cluster-down - the Ray cluster of containers (infra/compose)"
+	@echo "make test-containers - only the tests on Docker"
 
 # The virtual environment: torch by version on its own, everything else from the hash lock.
 $(STAMP): requirements.lock
@@ -41,6 +44,23 @@ run: setup
 
 test: setup
 	$(VENV)/bin/pytest
+
+# Only the tests on the Docker engine (they start it, build the image and run the compose cluster).
+test-containers: venv
+	$(VENV)/bin/pytest -m containers
+
+# The project image: build (:cpu), push to REGISTRY, read the digest it reports and pin it in
+# infra/images.env, infra/k8s/base/kustomization.yaml and infra/ray/cluster.yaml.
+REGISTRY ?= 127.0.0.1:5000
+image:
+	REGISTRY=$(REGISTRY) infra/docker/image build
+
+# The Ray cluster of containers with the team stack (infra/compose), from the pinned image.
+cluster-up:
+	infra/compose/cluster up
+
+cluster-down:
+	infra/compose/cluster down
 
 test-fast: venv
 	$(VENV)/bin/pytest -m "not slow" -x -q

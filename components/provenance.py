@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from pathlib import Path
 
 
 def git_info(root: str | Path = ".") -> dict[str, str]:
-    """Current commit and whether the work tree has uncommitted changes.
+    """Current commit and whether the work tree has uncommitted changes (in the image: its build's commit).
 
     ``dvc.lock`` does not count: DVC rewrites it after every stage of the very run being tagged.
     """
@@ -18,7 +19,18 @@ def git_info(root: str | Path = ".") -> dict[str, str]:
     try:
         return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": str(bool(git("status", "--porcelain", "--", ".", ":(exclude)dvc.lock")))}
     except (subprocess.CalledProcessError, FileNotFoundError):
-        return {"git_commit": "unknown", "git_dirty": "unknown"}
+        # The project image has no .git; its build recorded the commit (GENMODELS_GIT_COMMIT).
+        return {"git_commit": os.environ.get("GENMODELS_GIT_COMMIT", "unknown"), "git_dirty": "unknown"}
+
+
+def image_info() -> dict[str, str]:
+    """``{"image": <ref@sha256:...>}`` when running in the project image, else ``{}``.
+
+    An image cannot hold its own digest, so the launcher (infra/compose, KubeRay, ``ray up``) sets
+    ``GENMODELS_IMAGE`` to the pinned reference it started the container from.
+    """
+    image = os.environ.get("GENMODELS_IMAGE", "")
+    return {"image": image} if image else {}
 
 
 def library_versions() -> dict[str, str]:

@@ -252,6 +252,7 @@ def run_tags(*, family: str, model_name: str, seed: int, data_checksum: str, wor
         "profile": profile,
         "dvc_stage": stage,
         **provenance.git_info(),
+        **provenance.image_info(),
         **{f"version.{k}": v for k, v in provenance.library_versions().items()},
     }
     return tags

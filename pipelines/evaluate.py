@@ -19,7 +19,7 @@ import torch
 from components import layout, tracking
 from components.data.dataset import DataError, Split, load_split
 from components.distributed.inference_jobs import features_job, merge_chunks
-from components.distributed.runner import StorageError, run_job, run_name
+from components.distributed.runner import ClusterUnreachable, StorageError, run_job, run_name
 from components.io import write_json
 from components.metrics.conditional import conditional_accuracy
 from components.metrics.suite import sample_metrics
@@ -106,4 +106,4 @@ def _held_out(model, test: Split, seed: int) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    run_main(main, StorageError, DataError, tracking.TrackingError, FileNotFoundError)
+    run_main(main, ClusterUnreachable, StorageError, DataError, tracking.TrackingError, FileNotFoundError)

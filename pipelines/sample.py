@@ -19,7 +19,7 @@ import torch
 
 from components import layout, tracking
 from components.distributed.inference_jobs import merge_chunks, sample_job
-from components.distributed.runner import StorageError, run_job, run_name
+from components.distributed.runner import ClusterUnreachable, StorageError, run_job, run_name
 from components.io import atomic_dir
 from components.models import build_model
 from components.report.grid import make_grid
@@ -85,4 +85,4 @@ def _untrained(checkpoint_path: Path) -> bytes:
 
 
 if __name__ == "__main__":
-    run_main(main, StorageError, tracking.TrackingError, FileNotFoundError)
+    run_main(main, ClusterUnreachable, StorageError, tracking.TrackingError, FileNotFoundError)

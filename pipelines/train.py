@@ -12,6 +12,7 @@ from pathlib import Path
 
 from components import layout, tracking
 from components.data.dataset import DataError, data_checksum, load_meta, load_split, spec_from_meta
+from components.distributed import runner
 from components.distributed.runner import StorageError, check_storage, run_job, run_name, storage_root
 from components.distributed.train_jobs import HISTORY_FILE, train_job, worker_records
 from components.io import atomic_dir, atomic_path, write_json
@@ -43,6 +44,8 @@ def main() -> None:
     uri = tracking.resolve_tracking_uri(cfg.mlflow)
     tracking.check_reachable(uri)  # before any work: no hour of training lost to a logging failure
     check_storage(storage_root(cfg.ray.storage_path))  # and none to unusable checkpoint storage
+    if not args.plain:
+        runner.check_cluster(cfg.ray)  # nor to a Ray head that is not there
 
     job_key = {"name": name, "config": mcfg.model_dump(mode="json"), "data": data_checksum(args.data),
                "workers": cfg.ray.num_workers}
@@ -100,4 +103,4 @@ def _run_marker(cfg, ray_name: str) -> Path:
 
 
 if __name__ == "__main__":
-    run_main(main, StorageError, DataError, tracking.TrackingError, FileNotFoundError)
+    run_main(main, runner.ClusterUnreachable, StorageError, DataError, tracking.TrackingError, FileNotFoundError)

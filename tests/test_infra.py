@@ -44,7 +44,9 @@ CRDS = next(
                  ROOT.parent / "shared/schemas/kuberay") if (p / "ray.io_rayjobs.yaml").exists()),
     None,
 )  # fmt: skip
-PROJECT_REPO = "ghcr.io/genmodels/pipeline"
+IMAGES_ENV = ROOT / "infra/images.env"
+#: The one project image reference allowed without a digest: the gpu flavour, never built yet.
+UNBUILT_GPU = "ghcr.io/genmodels/pipeline:gpu"
 K8S_VERSION = "1.37.0"
 
 PINNED = re.compile(r"^[a-z0-9][a-z0-9._\-/:]*@sha256:[0-9a-f]{64}$")
@@ -56,14 +58,16 @@ PINNED = re.compile(r"^[a-z0-9][a-z0-9._\-/:]*@sha256:[0-9a-f]{64}$")
 
 
 def dockerfile_from_images(text: str) -> list[str]:
-    """Return the image of each FROM line, skipping references to earlier build stages."""
+    """Return the image of each FROM line (``${ARG}`` resolved to its default), skipping earlier stages."""
     stages: set[str] = set()
     images = []
+    defaults = dict(re.findall(r"^ARG\s+(\w+)=(\S+)", text.split("\nFROM", 1)[0], re.MULTILINE))
     for line in text.splitlines():
         match = re.match(r"^\s*FROM\s+(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?", line, re.IGNORECASE)
         if not match:
             continue
-        image, alias = match.group(1), match.group(2)
+        image = re.sub(r"\$\{(\w+)\}", lambda m: defaults.get(m.group(1), m.group(0)), match.group(1))
+        alias = match.group(2)
         if image.lower() not in stages:
             images.append(image)
         if alias:
@@ -212,11 +216,21 @@ def test_dockerfile_builds_both_targets_from_the_lock_as_non_root() -> None:
         body = text.split(f" AS {stage}\n", 1)[1].split("\nFROM ", 1)[0]
         assert re.search(r"^USER\s+1000(:1000)?\s*$", body, re.MULTILINE), stage
         assert "WORKDIR /app" in body, stage
-        assert body.index("COPY --from=deps") < body.index("COPY --chown=1000:1000 . /app"), stage
+        assert body.index("COPY --from=deps") < body.index("COPY --from=code --chown=1000:1000 /src /app"), stage
+        labels = " ".join(re.findall(r"^LABEL .*(?:\n\s+.*)*", body, re.MULTILINE))
+        for value in ("${GIT_COMMIT}", "${BASE_IMAGE}", "${LOCK_SHA256}"):
+            assert value in labels, (stage, value)
     installs = re.findall(r"pip install --no-deps --require-hashes -r \S*requirements\.lock", text)
     assert len(installs) == 2  # once per deps stage
-    assert len(re.findall(r'"torch==\$\{TORCH_VERSION\}"', text)) == 2
+    assert len(re.findall(r'"torch==\$\{TORCH_VERSION\}"', text)) == 3  # cpu: local wheel or index; gpu: index
     assert "download.pytorch.org/whl/cpu" in text and re.search(r"download\.pytorch\.org/whl/cu\d+", text)
+    # One Dockerfile for every base: the base is a build argument whose default is a pinned digest.
+    assert re.search(r"^ARG BASE_IMAGE=\S+@sha256:[0-9a-f]{64}$", text, re.MULTILINE)
+    assert re.search(r"^FROM \$\{BASE_IMAGE\} AS base$", text, re.MULTILINE)
+    # Build-time extras (CA bundle, wheels) never reach the runtime stages' code.
+    assert "find /src/infra/docker/build-extras -mindepth 1 ! -name README.md -delete" in text
+    extras = (ROOT / "infra/docker/build-extras/.gitignore").read_text().split()
+    assert extras[0] == "*"
     # No credentials baked in.
     assert not re.search(r"^(ENV|ARG)\s+.*(SECRET|PASSWORD|TOKEN|ACCESS_KEY)", text, re.MULTILINE | re.IGNORECASE)
 
@@ -241,27 +255,70 @@ def test_pin_checker_flags_unpinned_references() -> None:
     assert unpinned(find_images(nested)) == ["busybox:1.36", "x@sha256:12"]
 
 
+def pinned_project_image() -> str:
+    """The project image ``make image`` pushed and pinned (``GENMODELS_IMAGE`` in infra/images.env)."""
+    values = dict(re.findall(r"^(\w+)=(\S+)$", IMAGES_ENV.read_text(), re.MULTILINE))
+    return values["GENMODELS_IMAGE"]
+
+
 def test_every_image_is_pinned_by_digest() -> None:
     sources = all_image_sources()
     for name, images in sources.items():
         assert images, f"no images found in {name}"
-    bad = {name: unpinned(images) for name, images in sources.items() if unpinned(images)}
-    assert not bad, f"images not pinned by @sha256 digest: {bad}"
+    compose = sources.pop("compose")
+    assert set(compose) == {"${GENMODELS_IMAGE:?set GENMODELS_IMAGE (infra/images.env, written by make image)}"}
+    bad = {name: [i for i in unpinned(images) if i != UNBUILT_GPU] for name, images in sources.items()}
+    assert not any(bad.values()), f"images not pinned by @sha256 digest: {bad}"
 
 
-def test_project_image_is_one_reference_per_flavour_everywhere() -> None:
+def test_project_image_is_named_once_per_launcher_and_agrees_everywhere() -> None:
+    pin = pinned_project_image()
+    assert PINNED.match(pin), pin
     sources = all_image_sources()
-    by_flavour: dict[str, dict[str, set[str]]] = {}
-    for name, images in sources.items():
-        for image in images:
-            if image.startswith((PROJECT_REPO + ":", PROJECT_REPO + "@")):
-                flavour = image.removeprefix(PROJECT_REPO).split("@")[0].lstrip(":")
-                by_flavour.setdefault(flavour, {}).setdefault(image, set()).add(name)
-    assert set(by_flavour) == {"cpu", "gpu"}, by_flavour
-    for flavour, refs in by_flavour.items():
-        assert len(refs) == 1, f"project image :{flavour} differs between files: {refs}"
-    users = {name for refs in by_flavour.values() for names in refs.values() for name in names}
-    assert {"compose", "cluster.yaml", "k8s/cpu-smoke", "k8s/gpu"} <= users
+    assert sources["cluster.yaml"][0] == pin  # head_image
+    for overlay in OVERLAYS:
+        cpu = [i for i in sources[f"k8s/{overlay}"] if i != UNBUILT_GPU]
+        assert set(cpu) == {pin}, (overlay, set(cpu))
+    # one place per launcher: the kustomize images entry, head_image, the compose variable
+    kust = yaml.safe_load((K8S / "base/kustomization.yaml").read_text())["images"]
+    (cpu_entry,) = [e for e in kust if e["name"] == "genmodels-pipeline-cpu"]
+    assert f"{cpu_entry['newName']}@{cpu_entry['digest']}" == pin
+    others = [p for p in (K8S / "base").glob("*.yaml") if p.name != "kustomization.yaml"]
+    for path in [*others, *(K8S / "overlays").rglob("*.yaml"), COMPOSE]:
+        assert pin.split("@")[1] not in path.read_text(), f"{path} repeats the digest instead of naming the image"
+
+
+def fake_digests(text: str) -> list[str]:
+    """``sha256:`` digests that no registry produced: repeated or counting patterns."""
+    found = re.findall(r"sha256:([0-9a-f]{64})", text)
+    return [d for d in found if len(set(d)) < 8 or d in "0123456789abcdef" * 5]
+
+
+SCANNED = {"", ".yaml", ".yml", ".env", ".md", ".py", ".toml"}
+
+
+def test_no_placeholder_digest_anywhere() -> None:
+    assert fake_digests("x@sha256:" + "0" * 64 + " y@sha256:" + "ab" * 32) == ["0" * 64, "ab" * 32]
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=False).stdout.split()
+    files = [ROOT / f for f in tracked] or [p for p in ROOT.rglob("*") if ".venv" not in p.parts]
+    bad = {}
+    for path in files:
+        text = path.read_text(errors="ignore") if path.is_file() and path.suffix in SCANNED else ""
+        if digests := fake_digests(text):
+            bad[str(path.relative_to(ROOT))] = digests
+    bad.pop("tests/test_infra.py", None)  # this test's own examples
+    assert not bad, bad
+
+
+def test_infra_digests_are_the_pin_or_a_published_base() -> None:
+    """Every digest under infra/ and in the Dockerfile is one that was produced: the project image's
+    (infra/images.env, written from the registry's answer) or the Dockerfile's published base."""
+    allowed = {pinned_project_image().split("@sha256:")[1]}
+    allowed |= {i.split("@sha256:")[1] for i in dockerfile_from_images(DOCKERFILE.read_text())}
+    texts = [DOCKERFILE.read_text(), *(p.read_text() for p in (ROOT / "infra").rglob("*") if p.is_file()
+                                      and "build-extras" not in p.parts)]  # fmt: skip
+    seen = {d for text in texts for d in re.findall(r"sha256:([0-9a-f]{64})", text)}
+    assert seen <= allowed, seen - allowed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,21 +326,28 @@ def test_project_image_is_one_reference_per_flavour_everywhere() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_compose_defines_the_stack_without_literal_secrets() -> None:
+def test_compose_defines_the_cluster_without_literal_secrets() -> None:
     compose = yaml.safe_load(COMPOSE.read_text())
     services = compose["services"]
-    assert {"postgres", "seaweedfs", "mlflow", "ray-head", "ray-worker"} <= set(services)
-    assert services["seaweedfs"]["image"].startswith("chrislusf/seaweedfs:")
-    mlflow_cmd = " ".join(services["mlflow"]["command"])
-    assert "postgresql+psycopg2://" in mlflow_cmd and "--artifacts-destination s3://mlflow/artifacts" in mlflow_cmd
-    for name in ("ray-head", "ray-worker"):
+    assert set(services) == {"postgres", "seaweedfs", "mlflow", "ray-head", "ray-worker-1", "ray-worker-2"}
+    for name, service in services.items():
+        assert service["command"][0] == "infra/compose/serve", name
+        assert service["healthcheck"]["test"][:3] == ["CMD", "infra/compose/serve", "health"], name
+        assert service["networks"] == ["genmodels"] and service["init"] is True, name
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), (name, port)
+    assert {n for n, s in services.items() if s.get("ports")} == {"seaweedfs", "mlflow"}
+    assert "--app-name basic-auth" in (ROOT / "infra/compose/serve").read_text()
+    for name in ("ray-head", "ray-worker-1", "ray-worker-2"):
         env = services[name]["environment"]
         assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+        assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN_PATH"] == "/run/secrets/ray_token"
+        assert services[name]["secrets"] == ["ray_token"]
         assert "workspace:/workspace" in services[name]["volumes"]
-    # Secrets come only from the env file: every secret-looking value is a required ${VAR:?...}.
+    # Secrets come only from files or the env file: every secret-looking value is a required ${VAR:?...}.
     for name, service in services.items():
         for key, value in (service.get("environment") or {}).items():
-            if re.search(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY", key):
+            if re.search(r"PASSWORD|SECRET|TOKEN$|ACCESS_KEY", key):
                 assert re.fullmatch(r"\$\{[A-Z0-9_]+:\?[^}]*\}", str(value)), (name, key, value)
 
 
@@ -293,7 +357,7 @@ def test_ray_cluster_yaml_passes_rays_own_schema() -> None:
     config = yaml.safe_load(CLUSTER.read_text())
     jsonschema.validate(config, schema)
     node_types = config["available_node_types"]
-    gpu_types = [t for t in node_types.values() if ":gpu@" in t.get("docker", {}).get("worker_image", "")]
+    gpu_types = [t for t in node_types.values() if t.get("docker", {}).get("worker_image") == UNBUILT_GPU]
     assert gpu_types and all(t["max_workers"] >= 1 for t in gpu_types)
     assert config["head_node_type"] in node_types
     assert any("ray start --head" in c for c in config["head_start_ray_commands"])

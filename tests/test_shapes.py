@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from components.config import EvaluatorConfig, model_config_from_dict
-from components.models import GENERATIVE_FAMILIES, REGISTRY, model_class
+from components.models import FAMILIES, REGISTRY, model_class
 from components.models.base import DataSpec
 
 SHAPES = [(1, 28), (3, 32), (3, 64)]
@@ -15,7 +15,7 @@ CHEAP: dict[str, dict] = {"ddpm": {"timesteps": 20, "sample_steps": 2}}
 
 
 @pytest.mark.parametrize(("channels", "size"), SHAPES)
-@pytest.mark.parametrize("family", GENERATIVE_FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_family_trains_and_samples_at_every_shape(family: str, channels: int, size: int) -> None:
     assert family in REGISTRY
     spec = DataSpec(channels=channels, height=size, width=size, num_classes=3)

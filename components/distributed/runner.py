@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,15 +25,48 @@ from components.distributed.session import Session
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Environment variables that describe where things are (never credentials): forwarded to workers.
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION",
-                 "GENMODELS_FAULT_AT_STEP", "GENMODELS_FAULT_MARKER", "OMP_NUM_THREADS")
+                 "GENMODELS_FAULT_AT_STEP", "GENMODELS_FAULT_MARKER", "OMP_NUM_THREADS",
+                 "GENMODELS_IMAGE", "GENMODELS_GIT_COMMIT")
+
+
+class ClusterUnreachable(ConnectionError):
+    """``RAY_ADDRESS`` (or ``ray.address``) names a head where nothing answers."""
+
+
+def check_cluster(cfg: RayConfig, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, before any work, when the named Ray head does not accept connections.
+
+    ``ray.init(address=...)`` itself retries silently for minutes against a dead address.
+
+    Args:
+        cfg: Ray settings; ``RAY_ADDRESS`` wins over ``cfg.address``. No address, ``auto`` and
+            ``local`` are not checked (they find or start a local instance).
+        timeout_s: how long one TCP connection attempt may take.
+
+    Raises:
+        ClusterUnreachable: one line naming the address.
+    """
+    address = os.environ.get("RAY_ADDRESS") or cfg.address
+    if not address or address in ("auto", "local"):
+        return
+    hostport = address.removeprefix("ray://").rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterUnreachable(f"RAY_ADDRESS {address!r} is not host:port (or ray://host:port, auto)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ClusterUnreachable(f"no Ray cluster at {address} ({reason}): start its head or fix RAY_ADDRESS") from None
 
 
 def connect(cfg: RayConfig) -> float:
-    """Initialise Ray once per process; returns the seconds it took."""
+    """Initialise Ray once per process (after ``check_cluster``); returns the seconds it took."""
     import ray
 
     if ray.is_initialized():
         return 0.0
+    check_cluster(cfg)
     start = time.perf_counter()
     runtime_env: dict = {"env_vars": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}}
     # Ship the library to the workers, unless the cluster already imports it from this checkout

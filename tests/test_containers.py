@@ -1,0 +1,195 @@
+"""The project image and the Ray cluster of containers, for real (``make test-containers``).
+
+One engine (infra/docker/engine), one image build (infra/docker/image, not pinned into the work
+tree), one compose cluster for the module (infra/compose/cluster with private secrets, project
+name and ports), all stopped at the end. Docker missing and not installable: one-line failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from servers import S3Server, free_port
+
+pytestmark = [pytest.mark.containers, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+ENGINE, IMAGE, CLUSTER = (str(ROOT / p) for p in ("infra/docker/engine", "infra/docker/image", "infra/compose/cluster"))
+
+
+def sh(argv: list[str], env: dict[str, str] | None = None, timeout: float = 300, check: bool = True,
+       stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    run = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, check=False, input=stdin)
+    if check and run.returncode != 0:
+        raise AssertionError(f"{' '.join(argv[:4])} ... failed ({run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
+    return run
+
+
+@pytest.fixture(scope="module")
+def docker_env() -> dict[str, str]:
+    """The engine running, the base bootstrapped; the environment docker clients need."""
+    started = sh([ENGINE, "base"], check=False, timeout=600)
+    if started.returncode != 0:
+        pytest.fail(f"Docker engine unavailable: {(started.stderr.strip().splitlines() or ['?'])[-1]}", pytrace=False)
+    exported = dict(re.findall(r"^export (\w+)=(\S+)$", sh([ENGINE, "env"]).stdout, re.MULTILINE))
+    return {**os.environ, **exported}
+
+
+@pytest.fixture(scope="module")
+def image(docker_env: dict[str, str]) -> str:
+    """The project image, built from the bootstrapped base and pushed; its registry-pinned reference."""
+    built = sh([IMAGE, "build"], env={**docker_env, "PIN": "0"}, timeout=1800)
+    return built.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def cluster(docker_env: dict[str, str], image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The compose cluster under a private project name, secrets and ports; taken down with its volumes."""
+    env = {**docker_env, "GENMODELS_IMAGE": image, "COMPOSE_PROJECT_NAME": f"gmtest{os.getpid()}",
+           "COMPOSE_SECRETS": str(tmp_path_factory.mktemp("compose-secrets")),
+           "MLFLOW_PORT": str(free_port()), "S3_PORT": str(free_port())}  # fmt: skip
+    try:
+        sh([CLUSTER, "up"], env=env, timeout=600)
+        env.update(re.findall(r"(\w+)=(\S+)", sh([CLUSTER, "env"], env=env).stdout))
+        yield env
+    finally:
+        sh([CLUSTER, "down", "--volumes", "--timeout", "5"], env=env, timeout=300, check=False)
+
+
+def compose(env: dict[str, str], *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return sh([CLUSTER, *args], env=env, timeout=timeout, check=check)
+
+
+def in_head(env: dict[str, str], script: str, timeout: float = 900) -> str:
+    """Run a bash script in the Ray head container (the driver's place); returns its stdout."""
+    return compose(env, "exec", "-T", "ray-head", "bash", "-euo", "pipefail", "-c", script, timeout=timeout).stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# the image
+# ---------------------------------------------------------------------------------------------
+
+
+def test_image_is_pinned_by_the_registry_and_records_what_it_is(docker_env: dict[str, str], image: str) -> None:
+    name, digest = image.split("@")
+    registry, repo = name.split("/", 1)
+    request = urllib.request.Request(f"http://{registry}/v2/{repo}/manifests/cpu", method="HEAD", headers={
+        "Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        assert resp.headers["Docker-Content-Digest"] == digest  # the registry serves exactly this image
+    info = json.loads(sh(["docker", "image", "inspect", image], env=docker_env).stdout)[0]
+    labels = info["Config"]["Labels"]
+    assert labels["io.genmodels.requirements-lock.sha256"] == hashlib.sha256((ROOT / "requirements.lock").read_bytes()).hexdigest()
+    head = sh(["git", "-C", str(ROOT), "rev-parse", "HEAD"]).stdout.strip()
+    assert labels["org.opencontainers.image.revision"] == head
+    base = sh([ENGINE, "base"], env=docker_env).stdout.strip()
+    assert labels["org.opencontainers.image.base.name"] == base and "@sha256:" in base
+    assert info["Config"]["User"] == "1000:1000"
+    # no build-time extras (CA bundle, wheels) and no secrets in the image's code
+    listing = sh(["docker", "run", "--rm", image, "ls", "-A", "/app/infra/docker/build-extras"], env=docker_env)
+    assert listing.stdout.split() == ["README.md"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the cluster
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cluster_has_three_ray_nodes_and_publishes_only_mlflow_and_s3_on_loopback(cluster: dict[str, str]) -> None:
+    nodes = json.loads(in_head(cluster, "python -c 'import json, ray; ray.init(logging_level=\"error\"); "
+                                         "print(json.dumps([(n[\"NodeManagerHostname\"], n[\"Resources\"].get(\"CPU\", 0)) "
+                                         "for n in ray.nodes() if n[\"Alive\"]]))'").splitlines()[-1])
+    assert sorted(nodes) == [["ray-head", 0], ["ray-worker-1", 1.0], ["ray-worker-2", 1.0]]
+    ports = compose(cluster, "ps", "--format", "{{.Service}} {{.Ports}}").stdout
+    published = re.findall(r"(\S+):(\d+)->", ports)
+    assert published and {host for host, _ in published} == {"127.0.0.1"}
+    assert {p for _, p in published} == {cluster["MLFLOW_PORT"], cluster["S3_PORT"]}
+
+
+def test_mlflow_refuses_anonymous_requests_and_serves_the_pipelines_credentials(cluster: dict[str, str]) -> None:
+    import mlflow
+
+    url = f"{cluster['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/experiments/search?max_results=1"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, timeout=10)
+    assert refused.value.code == 401
+    with pytest.MonkeyPatch.context() as mp:
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            mp.setenv(key, cluster[key])
+        client = mlflow.MlflowClient(cluster["MLFLOW_TRACKING_URI"])
+        assert client.get_experiment_by_name("Default") is not None
+
+
+SMOKE_ON_CLUSTER = """\
+rm -rf /tmp/src && cp -a /app /tmp/src
+python - <<'PY'
+import yaml
+path = "/tmp/src/profiles/smoke.yaml"
+smoke = yaml.safe_load(open(path))
+smoke["ray"] = {**smoke.get("ray", {}), "num_workers": 2, "placement_strategy": "SPREAD",
+                "storage_path": "s3://genmodels/ray", "max_failures": 2}
+smoke["mlflow"] = {"log_system_metrics": False}
+smoke["train"]["gan"]["epochs"] = 4  # long enough to kill a worker between two checkpoints
+open(path, "w").write(yaml.safe_dump(smoke, sort_keys=False))
+PY
+PIPELINE_SOURCE=/tmp/src PIPELINE_PROFILE=smoke WORKSPACE=${WORKSPACE:-/workspace} infra/run-pipeline TARGETS >&2
+python -c 'import json, ray; ray.init(logging_level="error"); print(json.dumps({n["NodeID"]: n["NodeManagerHostname"] for n in ray.nodes()}))'
+"""
+
+
+def test_smoke_stages_run_their_ranks_on_both_worker_containers(cluster: dict[str, str]) -> None:
+    """fetch + train@gan + train@ddpm by `dvc repro` on the head; checkpoints in S3, runs in the
+    MLflow server (rows in PostgreSQL, artifacts in the bucket), outputs pushed to the DVC remote."""
+    nodes = json.loads(in_head(cluster, SMOKE_ON_CLUSTER.replace("TARGETS", "train@gan train@ddpm")).splitlines()[-1])
+    for model in ("gan", "ddpm"):
+        records = json.loads(in_head(cluster, f"cat /workspace/models/{model}/workers.json"))
+        assert sorted(r["rank"] for r in records) == [0, 1], records
+        assert sorted(nodes[r["node"]] for r in records) == ["ray-worker-1", "ray-worker-2"], (model, records)
+        assert len({r["weights"] for r in records}) == 1  # DDP kept both ranks' weights identical
+        run = json.loads(in_head(cluster, f"cat /workspace/models/{model}/mlflow_run.json"))
+        assert run["tracking_uri"] == "http://mlflow:5000"
+        rows = compose(cluster, "exec", "-T", "postgres", "psql", "-h", "/tmp", "-U", "mlflow", "-d", "mlflow", "-Atc",
+                       f"select status, (select value from tags t where t.run_uuid = r.run_uuid and key = 'image') "
+                       f"from runs r where run_uuid = '{run['run_id']}'").stdout.split("|")
+        assert [r.strip() for r in rows] == ["FINISHED", cluster["GENMODELS_IMAGE"]]
+    s3 = S3Server(cluster["AWS_ENDPOINT_URL"], cluster["AWS_ACCESS_KEY_ID"], cluster["AWS_SECRET_ACCESS_KEY"]).client()
+    artifacts = [o["Key"] for o in s3.list_objects_v2(Bucket="mlflow").get("Contents", [])]
+    assert any(k.endswith("/artifacts/loss.png") for k in artifacts), artifacts[:20]
+    assert s3.list_objects_v2(Bucket="dvc", Prefix="store/").get("KeyCount", 0) > 0  # dvc push reached the remote
+
+
+def test_a_driver_pointed_at_a_dead_head_fails_in_seconds(cluster: dict[str, str]) -> None:
+    out = compose(cluster, "exec", "-T", "-e", "RAY_ADDRESS=ray-head:1", "ray-head", "bash", "-c",
+                  "cd /tmp/src 2>/dev/null || cd /app; python -m pipelines.train --model gan", check=False, timeout=120)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1].startswith("error: no Ray cluster at ray-head:1 ")
+
+
+def test_script_fails_in_one_line_without_docker(tmp_path: Path) -> None:
+    """Not root or no apt-get, and no dockerd: `engine start` says so in one line instead of hanging."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "id", "python3", "seq", "sleep", "cat", "dirname", "mkdir", "chmod"):
+        path = sh(["bash", "-c", f"command -v {tool}"], check=False).stdout.strip()
+        if path:
+            (bin_dir / tool).symlink_to(path)
+    (bin_dir / "id").unlink()
+    (bin_dir / "id").write_text("#!/bin/sh\necho 1000\n")
+    (bin_dir / "id").chmod(0o755)
+    env = {"PATH": str(bin_dir), "GENMODELS_DOCKER_DIR": str(tmp_path / "state")}
+    run = sh([str(bin_dir / "bash"), ENGINE, "start"], env=env, check=False, timeout=30)
+    assert run.returncode == 1
+    missing = "docker.io docker-registry debootstrap"
+    assert run.stderr.strip().splitlines() == [
+        f"engine: Docker is missing ({missing}) and cannot be installed here (needs root and apt-get)"]
+
+
