@@ -36,6 +36,8 @@ def main() -> None:
     cfg = load_or_exit(args)
     name, mcfg = args.model, cfg.train[args.model]
     out = Path(args.out)
+    if not args.plain:
+        runner.check_cluster(cfg.ray)  # a Ray head that is not there: said in seconds, before anything
 
     meta, train = load_meta(args.data), load_split(args.data, "train")
     spec = spec_from_meta(meta)
@@ -44,8 +46,6 @@ def main() -> None:
     uri = tracking.resolve_tracking_uri(cfg.mlflow)
     tracking.check_reachable(uri)  # before any work: no hour of training lost to a logging failure
     check_storage(storage_root(cfg.ray.storage_path))  # and none to unusable checkpoint storage
-    if not args.plain:
-        runner.check_cluster(cfg.ray)  # nor to a Ray head that is not there
 
     job_key = {"name": name, "config": mcfg.model_dump(mode="json"), "data": data_checksum(args.data),
                "workers": cfg.ray.num_workers}

@@ -138,7 +138,6 @@ smoke = yaml.safe_load(open(path))
 smoke["ray"] = {**smoke.get("ray", {}), "num_workers": 2, "placement_strategy": "SPREAD",
                 "storage_path": "s3://genmodels/ray", "max_failures": 2}
 smoke["mlflow"] = {"log_system_metrics": False}
-smoke["train"]["gan"]["epochs"] = 4  # long enough to kill a worker between two checkpoints
 open(path, "w").write(yaml.safe_dump(smoke, sort_keys=False))
 PY
 PIPELINE_SOURCE=/tmp/src PIPELINE_PROFILE=smoke WORKSPACE=${WORKSPACE:-/workspace} infra/run-pipeline TARGETS >&2
