@@ -25,7 +25,7 @@ from components.training.loop import Callback, fit
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_quick(module: str, *args: str) -> dict:
+def run_quick(module: str, *args: str, table: str = "| family") -> dict:
     """Run ``python -m module --quick`` on one CPU thread; the last stdout line is the JSON result."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
     for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):  # the benchmark starts and uses its own
@@ -35,7 +35,7 @@ def run_quick(module: str, *args: str) -> dict:
     assert run.returncode == 0, f"{module} failed:\n{run.stdout[-3000:]}\n{run.stderr[-5000:]}"
     lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
     assert lines, f"no JSON line in the output:\n{run.stdout[-3000:]}"
-    assert "| family" in run.stdout  # the Markdown table was printed too
+    assert table in run.stdout  # the Markdown table was printed too
     return json.loads(lines[-1])
 
 
@@ -151,3 +151,56 @@ def test_stage_overhead_quick_reports_every_way():
     for way, row in ways.items():
         assert positive(row["images_per_s"]) and len(row["rates"]) == result["repeats"], way
     assert ways["fit"]["vs_fit"] == 1.0
+
+
+# --------------------------------------------------------------------------- benchmarks.peers (diffusers)
+PEER_SCRIPT = ROOT / "benchmarks" / "diffusers_peer.py"
+
+
+def test_chunks_run_fit_in_short_rounds_through_whole_epochs():
+    """The project side of ``peers``: rounds of k batches continue where the last stopped, epoch after epoch."""
+    from benchmarks.peers import Chunks
+
+    images = np.arange(10, dtype=np.uint8).repeat(28 * 28).reshape(10, 1, 28, 28)
+    loader = TensorLoader(images, np.zeros(10, np.int64), batch_size=2, seed=3)
+    chunks = Chunks(loader, 3)
+    seen = [int(b[0][i, 0, 0, 0].add(1).mul(127.5).round()) for _ in range(4) for b in chunks for i in range(2)]
+    epoch = lambda e: (loader.set_epoch(e), [int(i) for i in loader.shard_indices()])[1]  # noqa: E731
+    assert len(chunks) == 3 and chunks.batch_size == 2
+    assert seen[:10] == epoch(0) and seen[10:20] == epoch(1) and seen[20:] == epoch(2)[:4]
+
+
+def test_peer_script_refuses_bad_input_in_one_line(tmp_path):
+    """``diffusers_peer.py``'s argument contract, run by this (diffusers-free) interpreter."""
+    base = [sys.executable, str(PEER_SCRIPT), "--batch-size", "4", "--lr", "1e-3", "--betas", "0.9", "0.999",
+            "--block-out-channels", "12", "28", "28"]
+    missing = subprocess.run([*base, "--data", str(tmp_path / "none.npy")], capture_output=True, text=True)
+    assert missing.returncode != 0 and missing.stderr.strip() == f"error: --data {tmp_path / 'none.npy'} does not exist"
+    np.save(tmp_path / "train.npy", np.zeros((4, 1, 28, 28), np.uint8))
+    run = subprocess.run([*base, "--data", str(tmp_path / "train.npy")], capture_output=True, text=True)
+    if importlib.util.find_spec("diffusers") is None:  # the project's venv never has it
+        assert run.returncode != 0 and run.stderr.strip().startswith("error: diffusers is not installed")
+    no_args = subprocess.run([sys.executable, str(PEER_SCRIPT)], capture_output=True, text=True)
+    assert no_args.returncode == 2 and "required" in no_args.stderr
+
+
+@pytest.fixture(scope="session")
+def peer_venv() -> Path:
+    """The peer venv, made once (about 1.5 min from PyPI) where the benchmark keeps it."""
+    from benchmarks.peers import DEFAULT_VENV, ensure_venv
+
+    venv = Path(os.environ.get("GENMODELS_PEERS_VENV", DEFAULT_VENV))
+    ensure_venv(venv)
+    return venv
+
+
+@pytest.mark.slow
+def test_peers_quick_compares_with_diffusers_in_one_run(peer_venv):
+    result = run_quick("benchmarks.peers", "--venv", str(peer_venv), table="| measure")
+    params = result["parameters"]
+    assert result["peer_info"]["diffusers"] == result["peer"].split()[-1]
+    assert 0.95 <= params["project"] / params["diffusers"] <= 1.05  # "about the same size"
+    for key in ("project_images_per_s", "diffusers_images_per_s"):
+        assert positive(result["train"][key]) and positive(result["sample"][key]), key
+    assert result["train"]["project_steps"] > 0 and result["train"]["diffusers_steps"] > 0
+    assert all(math.isfinite(v) and v > -1e-6 for v in result["fid"].values())
