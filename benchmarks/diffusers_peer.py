@@ -143,7 +143,7 @@ class Peer:
         tmp = f"{out}.tmp.npy"
         np.save(tmp, pixels)
         os.replace(tmp, out)
-        return {"images": int(len(pixels)), "seconds": seconds}
+        return {"images": len(pixels), "seconds": seconds}
 
 
 def serve(peer: Peer) -> None:

@@ -29,7 +29,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,8 +36,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import ROOT, common_args, emit_json, evaluator_config, family_configs, machine, median, \
-    pick_device, print_table, setup_threads, timed
+from benchmarks.common import (
+    ROOT,
+    common_args,
+    emit_json,
+    evaluator_config,
+    family_configs,
+    machine,
+    median,
+    pick_device,
+    print_table,
+    setup_threads,
+    timed,
+)
 from components.data.loader import TensorLoader
 from components.metrics.features import apply_batched
 from components.metrics.fid import fid_numpy
@@ -67,7 +77,7 @@ def ensure_venv(venv: Path) -> Path:
     """
     python = peer_python(venv)
     check = f"import diffusers, sys; sys.exit(diffusers.__version__ != {DIFFUSERS!r})"
-    if python.exists() and subprocess.run([python, "-c", check], capture_output=True).returncode == 0:
+    if python.exists() and subprocess.run([python, "-c", check], check=False, capture_output=True).returncode == 0:
         return python
     print(f"making the peer venv {venv} (diffusers=={DIFFUSERS}) ...", flush=True)
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
@@ -77,7 +87,7 @@ def ensure_venv(venv: Path) -> Path:
     torch_site = Path(torch.__file__).resolve().parents[1]
     (Path(site) / "genmodels-project-torch.pth").write_text(f"{torch_site}\n")
     pip = subprocess.run([python, "-m", "pip", "install", "--quiet", f"diffusers=={DIFFUSERS}"],
-                         capture_output=True, text=True)
+                         check=False, capture_output=True, text=True)
     if pip.returncode != 0:
         tail = (pip.stderr or pip.stdout).strip().splitlines()[-1:] or ["(no output)"]
         raise SystemExit(f"error: pip could not install diffusers=={DIFFUSERS} into {venv}: {tail[0]}")
@@ -168,7 +178,8 @@ def load_data(quick: bool, data_dir: Path, n_real: int) -> tuple[np.ndarray, np.
     return train.images, train.labels, test.images, test.labels
 
 
-def evaluator(evaluator_dir: Path, quick: bool, images: np.ndarray, labels: np.ndarray, device: torch.device) -> tuple[Any, str]:
+def evaluator(evaluator_dir: Path, quick: bool, images: np.ndarray, labels: np.ndarray, device: torch.device,
+              epochs: int | None = None) -> tuple[Any, str]:
     """The project's feature extractor: the evaluator stage's checkpoint, else a classifier trained here."""
     from components.training.checkpoint import CHECKPOINT_FILE, model_from_checkpoint
 
@@ -178,6 +189,10 @@ def evaluator(evaluator_dir: Path, quick: bool, images: np.ndarray, labels: np.n
     from benchmarks.sample_speed import train
 
     cfg = evaluator_config(quick)
+    if epochs:
+        from benchmarks.common import with_settings
+
+        cfg = with_settings(cfg, epochs=epochs)
     return train(cfg, images, labels, device).feature_extractor().to(device), f"trained here ({cfg.epochs} epochs)"
 
 
@@ -237,6 +252,8 @@ def main() -> None:
     p.add_argument("--fid-samples", type=int, default=None, help="images per side for FID (default 1000, quick 32)")
     p.add_argument("--sample-batch", type=int, default=None, help="images per sampling call (default 500, quick 16)")
     p.add_argument("--ddim-steps", type=int, default=None, help="DDIM steps on both sides (default: params.yaml's)")
+    p.add_argument("--evaluator-epochs", type=int, default=None,
+                   help="epochs of the classifier trained here when --evaluator has none (default: params.yaml's)")
     args = p.parse_args()
     device = pick_device(args.device)
     threads = setup_threads(device, args.threads)
@@ -251,7 +268,7 @@ def main() -> None:
     ddim_steps = args.ddim_steps or (5 if q else cfg.sample_steps)
     result: dict[str, Any] = {"benchmark": "peers", "peer": f"diffusers {DIFFUSERS}", **machine(), "device": str(device),
                               "threads": threads, "quick": q, "batch_size": cfg.batch_size, "budget_s": budget}
-    train_images, train_labels, test_images, test_labels = load_data(q, Path(args.data), n)
+    train_images, train_labels, test_images, _ = load_data(q, Path(args.data), n)
     folder = Path(tempfile.mkdtemp(prefix="peers-"))
     peer = None
     try:
@@ -266,7 +283,9 @@ def main() -> None:
         loader = Chunks(TensorLoader(train_images, train_labels, cfg.batch_size, device, seed=cfg.seed), chunk)
         result["train"] = train_both(model, cfg, loader, peer, budget)
         sampled = sample_both(model, peer, n, batch, ddim_steps, device, folder)
-        extractor, source = evaluator(Path(args.evaluator), q, train_images, train_labels, device)
+        print(f"DDIM {ddim_steps} steps: project {sampled['project_images_per_s']:.3g} img/s, diffusers "
+              f"{sampled['diffusers_images_per_s']:.3g} img/s; scoring FID", flush=True)
+        extractor, source = evaluator(Path(args.evaluator), q, train_images, train_labels, device, args.evaluator_epochs)
         real = apply_batched(extractor, test_images[:n], 500, device)
         result["sample"] = {k: v for k, v in sampled.items() if not isinstance(v, np.ndarray)}
         result["fid"] = {side: fid_numpy(real, apply_batched(extractor, sampled[side], 500, device))
@@ -291,7 +310,7 @@ def report(r: dict[str, Any]) -> None:
             (f"DDIM {sa['steps']} steps images/s (batch {sa['batch']})", sa["project_images_per_s"],
              sa["diffusers_images_per_s"]),
             (f"FID, {sa['n']} images, after {tr['project_seconds']:.0f} s / {tr['diffusers_seconds']:.0f} s "
-             f"({tr['project_steps']} / {tr['diffusers_steps']} steps)", fid["project"], fid["diffusers"])]
+             + f"({tr['project_steps']} / {tr['diffusers_steps']} steps)", fid["project"], fid["diffusers"])]
     print_table(["measure", "project", "diffusers", "project / diffusers"],
                 [(m, a, b, a / b if b else None) for m, a, b in rows])
     print(f"FID in the feature space of the evaluator: {r['evaluator']}")

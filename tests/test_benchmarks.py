@@ -165,7 +165,7 @@ def test_chunks_run_fit_in_short_rounds_through_whole_epochs():
     loader = TensorLoader(images, np.zeros(10, np.int64), batch_size=2, seed=3)
     chunks = Chunks(loader, 3)
     seen = [int(b[0][i, 0, 0, 0].add(1).mul(127.5).round()) for _ in range(4) for b in chunks for i in range(2)]
-    epoch = lambda e: (loader.set_epoch(e), [int(i) for i in loader.shard_indices()])[1]  # noqa: E731
+    epoch = lambda e: (loader.set_epoch(e), [int(i) for i in loader.shard_indices()])[1]
     assert len(chunks) == 3 and chunks.batch_size == 2
     assert seen[:10] == epoch(0) and seen[10:20] == epoch(1) and seen[20:] == epoch(2)[:4]
 
@@ -174,13 +174,13 @@ def test_peer_script_refuses_bad_input_in_one_line(tmp_path):
     """``diffusers_peer.py``'s argument contract, run by this (diffusers-free) interpreter."""
     base = [sys.executable, str(PEER_SCRIPT), "--batch-size", "4", "--lr", "1e-3", "--betas", "0.9", "0.999",
             "--block-out-channels", "12", "28", "28"]
-    missing = subprocess.run([*base, "--data", str(tmp_path / "none.npy")], capture_output=True, text=True)
+    missing = subprocess.run([*base, "--data", str(tmp_path / "none.npy")], check=False, capture_output=True, text=True)
     assert missing.returncode != 0 and missing.stderr.strip() == f"error: --data {tmp_path / 'none.npy'} does not exist"
     np.save(tmp_path / "train.npy", np.zeros((4, 1, 28, 28), np.uint8))
-    run = subprocess.run([*base, "--data", str(tmp_path / "train.npy")], capture_output=True, text=True)
+    run = subprocess.run([*base, "--data", str(tmp_path / "train.npy")], check=False, capture_output=True, text=True)
     if importlib.util.find_spec("diffusers") is None:  # the project's venv never has it
         assert run.returncode != 0 and run.stderr.strip().startswith("error: diffusers is not installed")
-    no_args = subprocess.run([sys.executable, str(PEER_SCRIPT)], capture_output=True, text=True)
+    no_args = subprocess.run([sys.executable, str(PEER_SCRIPT)], check=False, capture_output=True, text=True)
     assert no_args.returncode == 2 and "required" in no_args.stderr
 
 
