@@ -127,6 +127,20 @@ def test_given_train_and_test_folders_are_kept(tmp_path: Path) -> None:
     assert meta["class_counts"] == {"train": [4, 4], "test": [2, 2]} and meta["class_names"] == ["a", "b"]
 
 
+def test_rows_are_shuffled_so_every_half_holds_every_class(tmp_path: Path) -> None:
+    """Ray Data gives each rank a contiguous share: files sorted by class would give rank 0 only the
+    first classes (its own BatchNorm statistics, half the labels for a conditional model)."""
+    root = tmp_path / "src"
+    for name in ("a", "b", "c"):
+        (root / name).mkdir(parents=True)
+        for i in range(12):
+            draw((60 * len(name), 100, 100), (28, 28), "L", i).save(root / name / f"{i}.png")
+    fetch(DataConfig(source=str(root), image_size=28, test_fraction=0.25), tmp_path / "out")
+    labels = load_split(tmp_path / "out", "train").labels
+    half = len(labels) // 2
+    assert set(labels[:half].tolist()) == set(labels[half:].tolist()) == {0, 1, 2}
+
+
 @pytest.mark.parametrize(
     ("files", "needle"),
     [

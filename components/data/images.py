@@ -55,7 +55,7 @@ def plan_folder(entries: list[str], where: str, test_fraction: float, seed: int)
         entries: relative POSIX paths under the root; folders end with ``/`` (so empty ones show).
         where: the root, for messages.
         test_fraction: share of each class held out when there are no ``train/`` and ``test/`` folders.
-        seed: the held-out draw depends only on ``seed`` and the file names.
+        seed: the held-out draw and the order of the rows depend only on ``seed`` and the file names.
 
     Raises:
         ImageFolderError: no class subfolders, images outside them, or a test class unknown to train.
@@ -88,6 +88,10 @@ def plan_folder(entries: list[str], where: str, test_fraction: float, seed: int)
         items = {s: sorted((p, index[c]) for c, paths in groups[s].items() for p in paths) for s in ("train", "test")}
     else:
         items = _split_classes(groups[""], index, test_fraction, seed)
+    # Files come sorted, so grouped by class; shuffled (by seed) so that the contiguous shares Ray
+    # Data gives each rank hold every class, as Fashion-MNIST's own order does.
+    rng = np.random.default_rng([seed, 1])
+    items = {split: [v[i] for i in rng.permutation(len(v))] for split, v in sorted(items.items())}
     used = sum(len(v) for v in items.values())
     return FolderPlan(class_names, items, "train-test-folders" if presplit else "class-folders", sorted(empty),
                       ignored_files=len(files) - used)
