@@ -61,7 +61,7 @@ def main() -> None:
             history = json.loads((result / HISTORY_FILE).read_text())
             write_json(tmp / HISTORY_FILE, history)
             write_json(tmp / "workers.json", worker_records(result))
-            write_json(tmp / "config.json", {"name": name, "model": mcfg.model_dump(mode="json"),
+            write_json(tmp / "config.json", {"name": name, "config": mcfg.model_dump(mode="json"),
                                              "data_spec": spec.to_dict(), "data_checksum": job_key["data"]})
             write_json(tmp / tracking.RUN_FILE, {"run_id": run_id, "experiment": cfg.experiment_name,
                                                  "tracking_uri": uri})
@@ -86,7 +86,7 @@ def _run_id(cfg, name, mcfg, meta, uri, data_dir, ray_name) -> str:
     tags = tracking.run_tags(family=mcfg.family, model_name=name, seed=mcfg.seed,
                              data_checksum=data_checksum(data_dir), workers=cfg.ray.num_workers,
                              profile=cfg.profile, stage=f"train@{name}")
-    params = flatten({"model": mcfg.model_dump(mode="json"), "data": cfg.data.model_dump(mode="json"),
+    params = flatten({"config": mcfg.model_dump(mode="json"), "data": cfg.data.model_dump(mode="json"),
                       "ray": cfg.ray.model_dump(mode="json")})
     run_id = tracking.start_run(uri, cfg.experiment_name, name, tags, params, run_id=previous)
     marker.parent.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CODE = ("components", "pipelines")
 FAMILY = "${item.family}"
 #: model families each stage builds by name through the registry, beside what it imports
-BUILDS: dict[str, set[str]] = {"fetch": set(), "evaluator": {"classifier"}, "train": {FAMILY},
+BUILDS: dict[str, set[str]] = {"fetch": set(), "classifier": {"classifier"}, "train": {FAMILY},
                                "sample": {FAMILY}, "evaluate": {FAMILY, "classifier"}, "report": set()}
 #: listed by every per-model stage, though only GAN subclasses import it: dvc.yaml cannot pick a
 #: path by family, and missing it from cgan's and dcgan's stages would leave their results stale
@@ -180,7 +180,7 @@ def test_paths_are_spelled_only_in_the_layout_module() -> None:
 
 
 @pytest.mark.slow
-def test_touching_the_metrics_code_makes_dvc_flag_the_evaluator_and_every_evaluate(tmp_path: Path) -> None:
+def test_touching_the_metrics_code_makes_dvc_flag_the_classifier_and_every_evaluate(tmp_path: Path) -> None:
     """With every stage recorded as up to date, an edit of components/metrics/fid.py leaves
     exactly the stages that run it out of date."""
     repo = tmp_path / "repo"
@@ -218,7 +218,7 @@ def test_touching_the_metrics_code_makes_dvc_flag_the_evaluator_and_every_evalua
     original = fid.read_text()
     fid.write_text(original + "\n# touched\n")
     models = list(yaml.safe_load((repo / "params.yaml").read_text())["train"])
-    assert stale_stages(run("status")) == {"evaluator", *(f"evaluate@{m}" for m in models)}
+    assert stale_stages(run("status")) == {"classifier", *(f"evaluate@{m}" for m in models)}
 
     # an overlay edit re-runs only the stages that read what it changed
     fid.write_text(original)
