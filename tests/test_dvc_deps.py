@@ -181,8 +181,8 @@ def test_paths_are_spelled_only_in_the_layout_module() -> None:
 
 @pytest.mark.slow
 def test_touching_the_metrics_code_makes_dvc_flag_the_classifier_and_every_evaluate(tmp_path: Path) -> None:
-    """With every stage recorded as up to date, an edit of components/metrics/fid.py leaves
-    exactly the stages that run it out of date."""
+    """With every stage recorded as up to date, an edit of components/metrics/fid.py (an overlay
+    section, a family's model module) leaves exactly the stages that run it out of date."""
     repo = tmp_path / "repo"
     repo.mkdir()
     for tracked in ("dvc.yaml", "params.yaml", "profiles", *CODE):
@@ -228,6 +228,18 @@ def test_touching_the_metrics_code_makes_dvc_flag_the_classifier_and_every_evalu
     overlay.write_text(yaml.safe_dump(data))
     assert stale_stages(run("status")) == {f"train@{m}" for m, family in families(repo).items() if family == "gan"} | {
         "report"}
+
+    # a family's module: only its models' stages; GAN's (which CGAN and DCGAN subclass): every model's
+    shutil.copy(ROOT / overlay.relative_to(repo), overlay)
+    assert "up to date" in run("status").lower()
+    per_model = {f"{s}@{m}" for s in ("train", "sample", "evaluate") for m in models}
+    dcgan = repo / "components" / "models" / "dcgan.py"
+    dcgan.write_text(dcgan.read_text() + "\n# touched\n")
+    assert stale_stages(run("status")) == {s for s in per_model if families(repo)[s.split("@")[1]] == "dcgan"}
+    shutil.copy(ROOT / "components" / "models" / "dcgan.py", dcgan)
+    gan = repo / "components" / "models" / "gan.py"
+    gan.write_text(gan.read_text() + "\n# touched\n")
+    assert stale_stages(run("status")) == per_model
 
 
 def stale_stages(status: str) -> set[str]:
