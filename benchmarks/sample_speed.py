@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from benchmarks.common import (
+    classifier_config,
     common_args,
     emit_json,
-    classifier_config,
     family_configs,
     machine,
     median,
