@@ -94,12 +94,12 @@ def family_configs(quick: bool, families: Sequence[str]) -> dict[str, Any]:
     return {f: found[f] for f in families}
 
 
-def evaluator_config(quick: bool) -> Any:
-    """params.yaml's (or the smoke profile's) evaluator section, validated."""
-    from components.config import EvaluatorConfig, read_raw_params
+def classifier_config(quick: bool) -> Any:
+    """params.yaml's (or the smoke profile's) classifier section, validated."""
+    from components.config import ClassifierConfig, read_raw_params
 
     raw = read_raw_params(ROOT / "params.yaml", ["profile=smoke" if quick else "profile=default"])
-    return EvaluatorConfig.model_validate(raw.get("evaluator", {}))
+    return ClassifierConfig.model_validate(raw.get("classifier", {}))
 
 
 def with_settings(cfg: Any, **settings: Any) -> Any:

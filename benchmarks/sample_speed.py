@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from benchmarks.common import (
+    classifier_config,
     common_args,
     emit_json,
-    evaluator_config,
     family_configs,
     machine,
     median,
@@ -95,7 +95,7 @@ def ddpm_tradeoff(quick: bool, device: torch.device, batch: int, train_steps: in
     """Ancestral vs DDIM on one briefly trained DDPM: images/s and FID of each."""
     train_images, train_labels = make_synthetic(512 if quick else 12_000, seed=0)
     real_images, real_labels = make_synthetic(max(n, 256), seed=1)
-    classifier = train(evaluator_config(quick), train_images, train_labels, device)
+    classifier = train(classifier_config(quick), train_images, train_labels, device)
     extractor = classifier.feature_extractor().to(device)
     logits = apply_batched(extractor.classify, real_images, 500, device)  # (N, K)
     accuracy = float((logits.argmax(1) == real_labels).mean())

@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from components import layout
 from components.models import FAMILIES as _REGISTRY
 
 FAMILIES: tuple[str, ...] = tuple(_REGISTRY)  # the registry's generative families, in its order
@@ -33,7 +34,7 @@ Family = Literal[FAMILIES]  # type: ignore[valid-type]
 PROFILE_DIR = "profiles"
 #: the sections every profile overlay holds (``{}`` where it changes nothing): DVC tracks each as a
 #: parameter of the stages that read it, so an overlay edit re-runs only those stages
-OVERLAY_SECTIONS = ("data", "ray", "sample", "evaluator", "evaluate", "families")
+OVERLAY_SECTIONS = ("data", "ray", "sample", "classifier", "evaluate", "families")
 OVERLAY_OPTIONAL = ("mlflow",)  # allowed, not tracked: where results are logged is not an input
 
 
@@ -116,9 +117,22 @@ class MlflowConfig(StrictModel):
 
 
 # --------------------------------------------------------------------------- training
-#: training keys that were renamed: old name -> new name (params.yaml gets an error naming the new
-#: one; configs stored in checkpoints are migrated when read)
-RENAMED_TRAIN_KEYS = {"betas": "adam_betas"}
+#: keys that were renamed: old name -> new name. params.yaml and the overlays get an error naming
+#: the new one; configs stored in checkpoints are migrated when read.
+RENAMED_TRAIN_KEYS = {"betas": "adam_betas"}  # in a training section
+RENAMED_SECTIONS = {"evaluator": "classifier"}  # at the top of params.yaml or an overlay
+
+
+def renamed(data: Any, names: dict[str, str]) -> list[str]:
+    """One ``"OLD: renamed, it is called NEW now"`` per old key of the mapping ``data``."""
+    return [f"{k}: renamed, it is called {names[k]} now" for k in data if k in names] if isinstance(data, dict) else []
+
+
+def reject_renamed(data: Any, names: dict[str, str]) -> Any:
+    """``data`` unchanged, or a ValueError naming every old key's new name (a ``before`` validator's body)."""
+    if old := renamed(data, names):
+        raise ValueError("; ".join(old))
+    return data
 
 
 class TrainBase(StrictModel):
@@ -127,11 +141,7 @@ class TrainBase(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _renamed_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            old = [f"{k}: renamed, it is called {RENAMED_TRAIN_KEYS[k]} now" for k in data if k in RENAMED_TRAIN_KEYS]
-            if old:
-                raise ValueError("; ".join(old))
-        return data
+        return reject_renamed(data, RENAMED_TRAIN_KEYS)
 
     epochs: PositiveInt = 5
     batch_size: PositiveInt = 128
@@ -243,7 +253,7 @@ class SampleConfig(StrictModel):
     grid_size: PositiveInt = Field(10, description="the grid is grid_size x grid_size images")
 
 
-class EvaluatorConfig(TrainBase):
+class ClassifierConfig(TrainBase):
     """The in-domain CNN classifier whose embedding is the metrics' feature space.
 
     Trained by the same loop as the generative models, so it shares their training fields.
@@ -281,15 +291,20 @@ class PipelineConfig(StrictModel):
         min_length=1, description="one section per model; the keys are the model names DVC's foreach runs"
     )
     sample: SampleConfig = Field(default_factory=SampleConfig)
-    evaluator: EvaluatorConfig = Field(default_factory=EvaluatorConfig)
+    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_sections(cls, data: Any) -> Any:
+        return reject_renamed(data, RENAMED_SECTIONS)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> PipelineConfig:
         for name in self.train:
-            if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name) or name == "evaluator":
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name) or name == layout.CLASSIFIER:
                 raise ValueError(f"train.{name}: model names are lowercase letters, digits, '_' and '-' "
-                                 "(and not 'evaluator'): they become folder names")
+                                 f"(and not {layout.CLASSIFIER!r}): they become folder names")
         if self.evaluate.num_samples > self.sample.num_samples:
             raise ValueError(
                 f"evaluate.num_samples ({self.evaluate.num_samples}) exceeds "
@@ -395,8 +410,9 @@ def apply_overlay(raw: dict[str, Any], overlay: dict[str, Any], source: str) -> 
     """
     overlay = dict(overlay)
     allowed = (*OVERLAY_SECTIONS, *OVERLAY_OPTIONAL)
-    problems = [f"{key}: not an overlay section (sections: {', '.join(allowed)})" for key in overlay
-                if key not in allowed]
+    problems = renamed(overlay, RENAMED_SECTIONS) + [
+        f"{key}: not an overlay section (sections: {', '.join(allowed)})" for key in overlay
+        if key not in allowed and key not in RENAMED_SECTIONS]
     if "train" in overlay:
         problems = [p for p in problems if not p.startswith("train:")]
         problems.append("train: overlays are keyed by family now: move these settings under families.<family>")
@@ -422,12 +438,12 @@ def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = 
 
 
 def model_config_from_dict(data: dict[str, Any]) -> TrainBase:
-    """Rebuild one trainable model's config (e.g. from a checkpoint), the evaluator's included."""
+    """Rebuild one trainable model's config (e.g. from a checkpoint), the classifier's included."""
     from pydantic import TypeAdapter
 
     data = {RENAMED_TRAIN_KEYS.get(k, k): v for k, v in data.items()}  # checkpoints written before a rename
     if data.get("family") == "classifier":
-        return EvaluatorConfig.model_validate(data)
+        return ClassifierConfig.model_validate(data)
     return TypeAdapter(ModelConfig).validate_python(data)
 
 

@@ -12,10 +12,10 @@ SAMPLES = "samples"
 METRICS = "metrics"
 PLOTS = "plots/train"
 REPORTS = "reports"
-EVALUATOR = "evaluator"  # the feature extractor's model folder and metrics name
-EVALUATOR_DIR = f"{MODELS}/{EVALUATOR}"
-EVALUATOR_METRICS = f"{METRICS}/{EVALUATOR}.json"
-REFERENCE_FILE = "reference.npz"  # in EVALUATOR_DIR: the real images' features
+CLASSIFIER = "classifier"  # the feature extractor's model folder and metrics name
+CLASSIFIER_DIR = f"{MODELS}/{CLASSIFIER}"
+CLASSIFIER_METRICS = f"{METRICS}/{CLASSIFIER}.json"
+REFERENCE_FILE = "reference.npz"  # in CLASSIFIER_DIR: the real images' features
 
 
 def model_dir(name: str) -> str:

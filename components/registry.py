@@ -2,7 +2,7 @@
 and the ``champion`` alias on the best FID among versions scored in the same feature space.
 
 One version per MLflow run (re-evaluating a run updates its version's tags). FIDs are only
-comparable under the same evaluator, so the alias is decided among the versions whose
+comparable under the same classifier, so the alias is decided among the versions whose
 ``extractor_checksum`` tag equals the newest one's; ties keep the older version, so a new
 version takes the alias only with a strictly lower FID.
 """
@@ -111,7 +111,7 @@ def _create_version(c: Any, name: str, run_id: str, model_uri: str) -> int:
 
     try:
         c.create_registered_model(name, description="Generator pyfunc per evaluated run; alias champion = best FID "
-                                                    "under the current evaluator (components/registry.py).")
+                                                    "under the current classifier (components/registry.py).")
     except MlflowException as exc:
         if "already exists" not in str(exc).lower() and exc.error_code not in ("RESOURCE_ALREADY_EXISTS",
                                                                                "ALREADY_EXISTS"):

@@ -79,7 +79,7 @@ def get_or_create_experiment(uri: str, name: str) -> str:
 
 def start_run(uri: str, experiment: str, run_name: str, tags: dict[str, str], params: dict[str, Any],
               run_id: str | None = None) -> str:
-    """Create the model's run (or re-attach to ``run_id``) and record tags and params; returns the id."""
+    """Create the model's run (or re-attach to ``run_id``, RUNNING again) and record tags and params; returns the id."""
     from mlflow.entities import Param, RunTag
 
     c = client(uri)
@@ -91,6 +91,8 @@ def start_run(uri: str, experiment: str, run_name: str, tags: dict[str, str], pa
     if run_id is None:
         run_id = c.create_run(get_or_create_experiment(uri, experiment), run_name=run_name).info.run_id
         c.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+    else:
+        c.update_run(run_id, status="RUNNING")  # the interrupted attempt ended it FAILED or KILLED
     c.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
     return run_id
 
@@ -100,8 +102,9 @@ class StageRun:
     """A stage's handle on one MLflow run (driver side, one process): what the stages log after
     their Ray job, so none of them calls the MLflow client by hand.
 
-    Use as a context manager to end the run: FINISHED when the block completes, FAILED when it
-    raises (``end=False`` leaves the status alone, for a run another stage opened and ended).
+    Use as a context manager to end the run: FINISHED when the block completes, KILLED when it is
+    interrupted (Ctrl-C), FAILED when it raises anything else (``end=False`` leaves the status
+    alone, for a run another stage opened and ended).
     """
 
     uri: str
@@ -113,7 +116,8 @@ class StageRun:
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         if self.end:
-            status = "FINISHED" if exc_type is None else "FAILED"
+            status = ("FINISHED" if exc_type is None else
+                      "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
             _retry(lambda: client(self.uri).set_terminated(self.run_id, status), f"end run {self.run_id}")
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:

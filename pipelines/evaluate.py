@@ -1,7 +1,7 @@
 """``python -m pipelines.evaluate --model NAME``: score a model's samples against the real test split.
 
 Features of the generated and the untrained-ceiling images are extracted on Ray workers with
-the evaluator; FID/KID/precision/recall/density/coverage, conditional accuracy (conditional
+the classifier; FID/KID/precision/recall/density/coverage, conditional accuracy (conditional
 models) and the family's held-out scores (VAE ELBO, DDPM noise loss) go to ``metrics/NAME.json``
 and to the model's MLflow run as ``eval/*``, beside the floor and ceiling rows.
 """
@@ -34,8 +34,8 @@ def arguments() -> StageParser:
     """The stage's command line."""
     p = parser(__doc__, model=True)
     p.path("--data", layout.DATA, help="the fetch stage's folder (held-out scores)")
-    p.path("--evaluator", layout.EVALUATOR_DIR, help="the evaluator's checkpoint and reference features")
-    p.path("--floor", layout.EVALUATOR_METRICS, help="the evaluator's metrics (the floor row)")
+    p.path("--classifier", layout.CLASSIFIER_DIR, help="the classifier's checkpoint and reference features")
+    p.path("--floor", layout.CLASSIFIER_METRICS, help="the classifier's metrics (the floor row)")
     p.path("--model-dir", layout.model_dir(MODEL), help="the trained model")
     p.path("--samples", layout.samples_dir(MODEL), help="the model's samples")
     p.path("--out", layout.metrics_file(MODEL), output=True, help="the model's scores")
@@ -46,18 +46,18 @@ def main() -> None:
     args = arguments().parse_args()
     cfg = load_or_exit(args)
     name, ecfg = args.model, cfg.evaluate
-    model_dir, samples_dir, evaluator_dir = Path(args.model_dir), Path(args.samples), Path(args.evaluator)
+    model_dir, samples_dir, classifier_dir = Path(args.model_dir), Path(args.samples), Path(args.classifier)
     run = tracking.read_run_file(model_dir)
     test = load_split(args.data, "test")  # verified against meta.json before any work
     uri = tracking.resolve_tracking_uri(cfg.mlflow)
     tracking.check_reachable(uri)
 
-    evaluator_blob = (evaluator_dir / CHECKPOINT_FILE).read_bytes()
-    reference = np.load(evaluator_dir / layout.REFERENCE_FILE)
+    classifier_blob = (classifier_dir / CHECKPOINT_FILE).read_bytes()
+    reference = np.load(classifier_dir / layout.REFERENCE_FILE)
     generated = np.load(samples_dir / "samples.npz")
     images, labels = generated["images"][: ecfg.num_samples], generated["labels"][: ecfg.num_samples]
     sets = {"samples": images, "ceiling": np.load(samples_dir / "ceiling.npz")["images"]}
-    job = {"checkpoint": evaluator_blob, "image_sets": sets, "batch_size": ecfg.batch_size}
+    job = {"checkpoint": classifier_blob, "image_sets": sets, "batch_size": ecfg.batch_size}
     key = {"name": name, "samples": hashlib.sha256(images.tobytes()).hexdigest(),
            "ceiling": hashlib.sha256(sets["ceiling"].tobytes()).hexdigest()}
     result = run_job(features_job, job, cfg=cfg.ray, plain=args.plain, name=run_name(f"features-{name}", key))

@@ -1,6 +1,6 @@
 """``python -m pipelines.report``: the leaderboard and the HTML report of every model.
 
-Reads ``metrics/`` (every model's and the evaluator's scores), ``models/NAME/`` (history, config,
+Reads ``metrics/`` (every model's and the classifier's scores), ``models/NAME/`` (history, config,
 MLflow run id, loss curve), ``samples/NAME/grid.png`` and ``data/prepared/meta.json``; writes
 ``reports/index.html`` (self-contained: leaderboard, FID against compute, samples, loss curves)
 and ``reports/leaderboard.md``, both at once or neither.

@@ -54,25 +54,26 @@ def main() -> None:
     job = {**job_key, "spec": spec.to_dict(), "images": train.images, "labels": train.labels,
            "tracking": {"uri": uri, "run_id": run_id, "system_metrics": cfg.mlflow.log_system_metrics},
            "grid_seed": cfg.sample.seed}
-    result = run_job(train_job, job, cfg=cfg.ray, name=ray_name, plain=args.plain)
-    try:
-        with atomic_dir(out) as tmp:
-            shutil.copy(result / CHECKPOINT_FILE, tmp / CHECKPOINT_FILE)
-            history = json.loads((result / HISTORY_FILE).read_text())
-            write_json(tmp / HISTORY_FILE, history)
-            write_json(tmp / "workers.json", worker_records(result))
-            write_json(tmp / "config.json", {"name": name, "model": mcfg.model_dump(mode="json"),
-                                             "data_spec": spec.to_dict(), "data_checksum": job_key["data"]})
-            write_json(tmp / tracking.RUN_FILE, {"run_id": run_id, "experiment": cfg.experiment_name,
-                                                 "tracking_uri": uri})
-            plot_losses(history, tmp / "loss.png", title=name)
-            model = model_from_checkpoint(load_checkpoint(tmp / CHECKPOINT_FILE))
-            tracking.log_final_artifacts(uri, run_id, tmp / CHECKPOINT_FILE, [tmp / "loss.png"])
-            log_generator(uri, run_id, tmp / CHECKPOINT_FILE, meta["class_names"])
-        with atomic_path(args.plot) as csv:
-            csv.write_text(history_to_csv(history))
-    finally:
-        shutil.rmtree(result, ignore_errors=True)
+    with tracking.StageRun(uri, run_id):  # the model's run: FINISHED once its folder is written, else FAILED
+        result = run_job(train_job, job, cfg=cfg.ray, name=ray_name, plain=args.plain)
+        try:
+            with atomic_dir(out) as tmp:
+                shutil.copy(result / CHECKPOINT_FILE, tmp / CHECKPOINT_FILE)
+                history = json.loads((result / HISTORY_FILE).read_text())
+                write_json(tmp / HISTORY_FILE, history)
+                write_json(tmp / "workers.json", worker_records(result))
+                write_json(tmp / "config.json", {"name": name, "config": mcfg.model_dump(mode="json"),
+                                                 "data_spec": spec.to_dict(), "data_checksum": job_key["data"]})
+                write_json(tmp / tracking.RUN_FILE, {"run_id": run_id, "experiment": cfg.experiment_name,
+                                                     "tracking_uri": uri})
+                plot_losses(history, tmp / "loss.png", title=name)
+                model = model_from_checkpoint(load_checkpoint(tmp / CHECKPOINT_FILE))
+                tracking.log_final_artifacts(uri, run_id, tmp / CHECKPOINT_FILE, [tmp / "loss.png"])
+                log_generator(uri, run_id, tmp / CHECKPOINT_FILE, meta["class_names"])
+            with atomic_path(args.plot) as csv:
+                csv.write_text(history_to_csv(history))
+        finally:
+            shutil.rmtree(result, ignore_errors=True)
     _run_marker(cfg, ray_name).unlink(missing_ok=True)  # finished: a later run starts a fresh MLflow run
     print(f"train {name}: {model.num_parameters():,} parameters, step {model.step}, run {run_id} -> {out}")
 
@@ -86,7 +87,7 @@ def _run_id(cfg, name, mcfg, meta, uri, data_dir, ray_name) -> str:
     tags = tracking.run_tags(family=mcfg.family, model_name=name, seed=mcfg.seed,
                              data_checksum=data_checksum(data_dir), workers=cfg.ray.num_workers,
                              profile=cfg.profile, stage=f"train@{name}")
-    params = flatten({"model": mcfg.model_dump(mode="json"), "data": cfg.data.model_dump(mode="json"),
+    params = flatten({"config": mcfg.model_dump(mode="json"), "data": cfg.data.model_dump(mode="json"),
                       "ray": cfg.ray.model_dump(mode="json")})
     run_id = tracking.start_run(uri, cfg.experiment_name, name, tags, params, run_id=previous)
     marker.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ TINY = {
     "mlflow": {"log_system_metrics": False},
     "sample": {"num_samples": 200, "ceiling_samples": 100, "batch_size": 50, "grid_size": 4},
     "evaluate": {"num_samples": 200, "kid_subset_size": 50, "batch_size": 100},
-    "evaluator": {"min_test_accuracy": 0.0},
+    "classifier": {"min_test_accuracy": 0.0},
 }
 
 

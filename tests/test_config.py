@@ -201,3 +201,20 @@ def test_a_renamed_key_says_what_it_is_called_now(tmp_path):
     assert any(p.startswith("train.gan:") and "betas: renamed, it is called adam_betas now" in p for p in found), found
     # a config stored in an older checkpoint still loads
     assert model_config_from_dict({"family": "gan", "betas": [0.5, 0.9]}).adam_betas == (0.5, 0.9)
+
+
+def test_a_renamed_section_says_what_it_is_called_now(tmp_path):
+    """`evaluator:` (the metrics' CNN) is `classifier:` now, in params.yaml and in an overlay."""
+    found = problems(tmp_path, {**minimal(), "evaluator": {"epochs": 1}})
+    assert any("evaluator: renamed, it is called classifier now" in p for p in found), found
+    path = write_params(tmp_path, {**minimal(), "profile": "smoke"})
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "smoke.yaml").write_text("evaluator: {epochs: 1}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert err.value.problems == ["evaluator: renamed, it is called classifier now"]
+
+
+def test_no_model_may_take_the_classifier_folder(tmp_path):
+    found = problems(tmp_path, {"train": {"classifier": {"family": "gan"}}})
+    assert any("and not 'classifier'" in p for p in found), found

@@ -205,7 +205,7 @@ def test_train_stage_names_a_truncated_shard_in_one_line(tmp_path: Path) -> None
     project = make_project(tmp_path / "project")
     shard = project / "data" / "prepared" / "train" / "part-00000.parquet"
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
-    for stage in ("train", "evaluator"):
+    for stage in ("train", "classifier"):
         args = ("--model", "gan") if stage == "train" else ()
         run = run_stage(project, stage, *args, "--plain", check=False, timeout=120)
         assert run.returncode == 1, run.stderr

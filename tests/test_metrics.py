@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from components.config import EvaluatorConfig
+from components.config import ClassifierConfig
 from components.metrics.conditional import classifier_accuracy, conditional_accuracy, predict_labels
 from components.metrics.features import apply_batched
 from components.metrics.fid import (
@@ -205,7 +205,7 @@ def test_precision_recall_rejects_dim_mismatch() -> None:
 
 # ---------------------------------------------------------------------------- classifier
 SPEC = DataSpec(channels=1, height=16, width=16, num_classes=4)
-TINY = EvaluatorConfig(width=8, feature_dim=16, lr=3e-3, batch_size=64, seed=0)
+TINY = ClassifierConfig(width=8, feature_dim=16, lr=3e-3, batch_size=64, seed=0)
 
 
 def square_images(n: int, seed: int, spec: DataSpec = SPEC) -> tuple[torch.Tensor, torch.Tensor]:

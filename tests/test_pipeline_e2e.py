@@ -125,7 +125,7 @@ def reproduced(repo, stack) -> tuple[Path, str]:
 def test_every_stage_ran(reproduced):
     _, output = reproduced
     ran = stages_in(output)
-    expected = {"fetch", "evaluator", "report"} | {f"{s}@{m}" for s in ("train", "sample", "evaluate") for m in MODELS}
+    expected = {"fetch", "classifier", "report"} | {f"{s}@{m}" for s in ("train", "sample", "evaluate") for m in MODELS}
     assert set(ran) == expected
     assert ran.index("fetch") < ran.index("train@gan") < ran.index("sample@gan") < ran.index("evaluate@gan")
     assert ran[-1] == "report"
@@ -166,9 +166,9 @@ def test_five_mlflow_runs_with_curves_images_and_eval_metrics(reproduced, stack)
 
 
 def test_no_run_is_left_running(reproduced, stack):
-    """Every run the pipeline opens is ended: the models' runs by train, the evaluator's by its stage."""
+    """Every run the pipeline opens is ended: the models' runs by train, the classifier's by its stage."""
     _, runs = runs_by_name(stack)
-    assert {"evaluator", *MODELS} <= set(runs)
+    assert {"classifier", *MODELS} <= set(runs)
     assert {name: run.info.status for name, run in runs.items() if run.info.status != "FINISHED"} == {}
 
 
@@ -279,7 +279,7 @@ def test_switching_profile_marks_the_stages_it_changes(reproduced):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = json.loads(sh(["dvc", "status", "--json"], repo).stdout)
     changed = {name.split(":")[-1] for name in status}
-    assert {"fetch", "evaluator", "report"} | {f"train@{m}" for m in MODELS} <= changed
+    assert {"fetch", "classifier", "report"} | {f"train@{m}" for m in MODELS} <= changed
     sh(["git", "checkout", "params.yaml"], repo)
 
 

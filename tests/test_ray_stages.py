@@ -29,7 +29,7 @@ def trained(tmp_path_factory, ray_address):
     env = {"RAY_ADDRESS": ray_address}
     run_stage(project, "train", "--model", "gan", env=env)
     run_stage(project, "sample", "--model", "gan", env=env)
-    run_stage(project, "evaluator", env=env)
+    run_stage(project, "classifier", env=env)
     run_stage(project, "evaluate", "--model", "gan", env=env)
     run_stage(project, "train", "--model", "vae", env=env)
     return project
@@ -45,7 +45,7 @@ def test_ddp_ranks_end_equal_and_model_folder_complete(trained):
     assert [w["rank"] for w in workers] == [0, 1]
     assert workers[0]["weights"] == workers[1]["weights"]
     config = read_json(folder / "config.json")
-    assert config["model"]["family"] == "gan" and config["data_spec"]["height"] == 28
+    assert config["config"]["family"] == "gan" and config["data_spec"]["height"] == 28
     history = read_json(folder / "history.json")
     steps_per_epoch = 512 // 2 // 64  # 512 images, 2 workers, batch 64 per worker
     assert workers[0]["step"] == 2 * steps_per_epoch
@@ -59,7 +59,7 @@ def test_mlflow_run_holds_the_whole_story(trained):
     run_id = read_json(trained / "models" / "gan" / "mlflow_run.json")["run_id"]
     run = client.get_run(run_id)
     assert run.info.run_name == "gan"
-    assert run.data.params["model.lr"] == "0.0002"
+    assert run.data.params["config.lr"] == "0.0002"
     assert run.data.tags["family"] == "gan" and run.data.tags["ray_workers"] == "2"
     for tag in ("git_commit", "data_checksum", "seed", "version.torch", "dvc_stage"):
         assert tag in run.data.tags
@@ -85,7 +85,7 @@ def test_metrics_file_is_finite_and_sits_between_floor_and_ceiling(trained):
     for key in ("fid", "fid_std", "kid", "precision", "recall", "floor_fid", "ceiling_fid"):
         assert np.isfinite(metrics[key]), key
     assert metrics["floor_fid"] < metrics["ceiling_fid"]
-    assert metrics["extractor_checksum"] == read_json(trained / "metrics" / "evaluator.json")["extractor_checksum"]
+    assert metrics["extractor_checksum"] == read_json(trained / "metrics" / "classifier.json")["extractor_checksum"]
 
 
 def test_samples_do_not_depend_on_worker_count(trained, ray_address):
@@ -148,10 +148,10 @@ def test_two_nodes_one_worker_each(tmp_path):
 def test_reference_features_are_the_saved_checkpoints(trained, ray_address, workers):
     """Every rank embeds with the saved checkpoint's state: a re-extraction from checkpoint.pt
     gives the stored reference features (BatchNorm's running statistics differ per DDP rank)."""
-    folder = "models/evaluator" if workers == 2 else "models/evaluator-1w"
+    folder = "models/classifier" if workers == 2 else "models/classifier-1w"
     if workers == 1:
-        run_stage(trained, "evaluator", "--set", "ray.num_workers=1", "--out", folder,
-                  "--metrics", "metrics/evaluator-1w.json", env={"RAY_ADDRESS": ray_address})
+        run_stage(trained, "classifier", "--set", "ray.num_workers=1", "--out", folder,
+                  "--metrics", "metrics/classifier-1w.json", env={"RAY_ADDRESS": ray_address})
     classifier = model_from_checkpoint(trained / folder / "checkpoint.pt")
     reference = np.load(trained / folder / "reference.npz")
     test = load_split(trained / "data" / "prepared", "test")

@@ -44,7 +44,7 @@ def check_champion_follows_the_best_fid(uri: str, folder: Path) -> None:
     assert client.get_model_version("genmodels-test-gan", "3").run_id == runs[2][0]
     assert len(client.search_model_versions("name = 'genmodels-test-gan'")) == 3
 
-    # a new evaluator: old FIDs live in another feature space, so its first version is champion
+    # a new classifier: old FIDs live in another feature space, so its first version is champion
     other = register_run(uri, runs[3][0], PREFIX, "gan", evaluation(45.0, extractor="ex-b"))
     assert (other.version, other.champion) == (4, 4)
 

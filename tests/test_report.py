@@ -94,7 +94,7 @@ def make_project(root: Path) -> str:
     (root / "metrics").mkdir()
     floor = {"fid": FLOOR_FID, "fid_mean": 3.0, "fid_std": 0.3, "kid": 0.001, "kid_std": 0.002,
              "precision": 0.94, "recall": 0.93, "density": 1.03, "coverage": 0.88}
-    (root / "metrics/evaluator.json").write_text(json.dumps(
+    (root / "metrics/classifier.json").write_text(json.dumps(
         {"test_accuracy": 0.951, "extractor_checksum": EXTRACTOR, "num_samples": 512, "data": "synthetic",
          "floor": floor}))
     for i, name in enumerate(MODELS):
@@ -104,7 +104,7 @@ def make_project(root: Path) -> str:
         sample_dir.mkdir(parents=True)
         (model_dir / "history.json").write_text(json.dumps(_history(i)))
         (model_dir / "config.json").write_text(json.dumps(
-            {"name": name, "model": {"family": name, "seed": 0, "batch_size": 64}, "data_checksum": "fea64be680919c93"}))
+            {"name": name, "config": {"family": name, "seed": 0, "batch_size": 64}, "data_checksum": "fea64be680919c93"}))
         (model_dir / "mlflow_run.json").write_text(json.dumps(
             {"run_id": f"run{name}0123456789", "experiment": "genmodels-default-synthetic",
              "tracking_uri": "http://mlflow.example:5000" if name == "ddpm" else "sqlite:///mlflow.db"}))

@@ -41,7 +41,7 @@ def test_rgb_image_folder_through_every_stage(tmp_path: Path) -> None:
                                                    "evaluate": {"num_samples": 120, "kid_subset_size": 40}})
     meta = read_json(project / "data" / "prepared" / "meta.json")
     assert meta["shape"] == [3, 32, 32] and meta["counts"] == {"train": 480, "test": 120}
-    run_stage(project, "evaluator", "--plain")
+    run_stage(project, "classifier", "--plain")
     for family in FAMILIES:
         for stage in ("train", "sample", "evaluate"):
             run_stage(project, stage, "--model", family, "--plain")
@@ -49,4 +49,4 @@ def test_rgb_image_folder_through_every_stage(tmp_path: Path) -> None:
         assert math.isfinite(metrics["fid"]) and math.isfinite(metrics["kid"]), metrics
         grid = np.asarray(Image.open(project / "samples" / family / "grid.png"))
         assert grid.ndim == 3 and grid.shape[2] == 3, grid.shape  # RGB, not a grey plane
-    assert read_json(project / "metrics" / "evaluator.json")["test_accuracy"] > 0.3
+    assert read_json(project / "metrics" / "classifier.json")["test_accuracy"] > 0.3

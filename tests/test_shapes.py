@@ -1,11 +1,11 @@
-"""Every registered family and the evaluator CNN build, train a step and sample at 1 or 3 channels, 28/32/64 px."""
+"""Every registered family and the classifier CNN build, train a step and sample at 1 or 3 channels, 28/32/64 px."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from components.config import EvaluatorConfig, model_config_from_dict
+from components.config import ClassifierConfig, model_config_from_dict
 from components.models import FAMILIES, REGISTRY, model_class
 from components.models.base import DataSpec
 
@@ -29,9 +29,9 @@ def test_family_trains_and_samples_at_every_shape(family: str, channels: int, si
 
 
 @pytest.mark.parametrize(("channels", "size"), SHAPES)
-def test_evaluator_cnn_at_every_shape(channels: int, size: int) -> None:
+def test_classifier_cnn_at_every_shape(channels: int, size: int) -> None:
     spec = DataSpec(channels=channels, height=size, width=size, num_classes=3)
-    classifier = model_class("classifier")(EvaluatorConfig(width=4, feature_dim=8), spec)
+    classifier = model_class("classifier")(ClassifierConfig(width=4, feature_dim=8), spec)
     images = torch.rand(4, channels, size, size) * 2 - 1
     assert torch.isfinite(classifier.train_step(images, torch.tensor([0, 1, 2, 0]))["loss"])
     extract = classifier.feature_extractor()

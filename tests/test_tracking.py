@@ -61,3 +61,16 @@ def test_stage_run_logs_and_ends_its_run_with_the_right_status(tmp_path: Path) -
     assert any("final_samples" in a.path for a in client.list_artifacts(runs["ok"], "images"))
     assert client.get_run(runs["failed"]).info.status == "FAILED"
     assert client.get_run(runs["kept"]).info.status == "RUNNING"  # ended by the stage that opened it
+
+
+def test_an_interrupted_run_ends_killed_and_runs_again_when_re_attached(tmp_path: Path) -> None:
+    import pytest
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id = tracking.start_run(uri, "e", "m", {"stage": "train@m"}, {"p": 1})
+    with pytest.raises(KeyboardInterrupt), tracking.StageRun(uri, run_id):
+        raise KeyboardInterrupt
+    client = tracking.client(uri)
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert tracking.start_run(uri, "e", "m", {"stage": "train@m"}, {"p": 1}, run_id=run_id) == run_id
+    assert client.get_run(run_id).info.status == "RUNNING"  # the retry's own StageRun ends it

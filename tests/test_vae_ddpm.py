@@ -1,4 +1,6 @@
-"""VAE and DDPM: shapes, learning, determinism, exact resume, and the diffusion maths.
+"""What only the VAE and DDPM do: how they learn, the VAE's KL and ELBO, and the diffusion maths
+(schedules, samplers, EMA, guidance). The interface tests they share with every family are in
+test_models.py.
 
 Everything runs on tiny networks and a few dozen synthetic images (a few seconds in all).
 """
@@ -6,90 +8,23 @@ Everything runs on tiny networks and a few dozen synthetic images (a few seconds
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
+from tiny_models import CASES, build, one_thread, run_steps, tiny_data
 from torch import Tensor
 
-from components.config import DDPMConfig, VAEConfig
-from components.models.base import DataSpec, GenerativeModel
-from components.models.ddpm import DDPM, NoiseSchedule, UNet
-from components.models.vae import VAE, kl_to_standard_normal
+from components.models import family_kind
+from components.models.base import DataSpec
+from components.models.ddpm import NoiseSchedule, UNet
+from components.models.vae import kl_to_standard_normal
 
-# Tiny but complete: attention on, three levels (28 -> 14 -> 7), conditional variant too.
-TINY_DDPM = {"base_channels": 8, "channel_mults": [1, 2, 2], "timesteps": 50, "sample_steps": 5, "lr": 2e-3}
-TINY_VAE = {"hidden_dim": 8, "latent_dim": 4, "lr": 3e-3}
-
-CASES = {
-    "vae-conv": (VAE, lambda **kw: VAEConfig(**{**TINY_VAE, "architecture": "conv", **kw})),
-    "vae-mlp": (VAE, lambda **kw: VAEConfig(**{**TINY_VAE, "architecture": "mlp", **kw})),
-    "ddpm": (DDPM, lambda **kw: DDPMConfig(**{**TINY_DDPM, **kw})),
-    "ddpm-cond": (DDPM, lambda **kw: DDPMConfig(**{**TINY_DDPM, "conditional": True, **kw})),
-}
+_ = one_thread  # the module's autouse fixture
+LIKELIHOOD_CASES = [case for case, (family, _) in CASES.items() if family_kind(family) != "gan"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny networks gain nothing from intra-op threads, and on a shared 2-core box they spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def build(case: str, size: int = 28, **overrides) -> GenerativeModel:
-    cls, make_config = CASES[case]
-    return cls(make_config(**overrides), DataSpec(1, size, size, 10))
-
-
-def tiny_data(n: int = 32, size: int = 28, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """Class-dependent bright squares on a dark, slightly noisy background: ``(n, 1, S, S)`` in [-1, 1]."""
-    gen = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 10
-    images = torch.full((n, 1, size, size), -1.0) + 0.1 * torch.rand((n, 1, size, size), generator=gen)
-    for i, k in enumerate(labels.tolist()):
-        r, c = 2 + 2 * (k // 2), 2 + 4 * (k % 5)
-        images[i, :, r : r + 8, c : c + 8] = 1.0
-    return images.clamp(-1, 1), labels
-
-
-def run_steps(model: GenerativeModel, steps: int, images: Tensor, labels: Tensor, bs: int = 16) -> list[dict]:
-    """Train ``steps`` more steps cycling over fixed mini-batches (from ``model.step`` on); float losses."""
-    out = []
-    for s in range(model.step, model.step + steps):
-        i = (s * bs) % len(images)
-        losses = model.train_step(images[i : i + bs], labels[i : i + bs])
-        out.append({k: float(v) for k, v in losses.items()})
-    return out
-
-
-def flat_state(model: GenerativeModel) -> dict[str, Tensor]:
-    """Every network tensor (shadows included) and optimiser state tensor, by a flat name."""
-    flat = {}
-    for net, sd in model.state_dict()["networks"].items():
-        flat.update({f"net.{net}.{k}": v for k, v in sd.items()})
-    for opt, sd in model.state_dict()["optimizers"].items():
-        for pid, st in sd["state"].items():
-            flat.update({f"opt.{opt}.{pid}.{k}": v for k, v in st.items() if torch.is_tensor(v)})
-    return flat
-
-
-# =========================================================================== both families
-@pytest.mark.parametrize("size", [28, 32])
-@pytest.mark.parametrize("case", list(CASES))
-def test_sample_shape_dtype_range(case: str, size: int) -> None:
-    model = build(case, size)
-    labels = torch.tensor([0, 3, 9])
-    images = model.sample(3, labels=labels, generator=torch.Generator().manual_seed(0))
-    assert images.shape == (3, 1, size, size)
-    assert images.dtype == torch.uint8
-    assert images.device.type == "cpu"
-    assert int(images.max()) > int(images.min())  # not a constant image
-
-
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", LIKELIHOOD_CASES)
 def test_losses_finite_and_decreasing(case: str) -> None:
     model = build(case)
     images, labels = tiny_data()
@@ -103,58 +38,6 @@ def test_losses_finite_and_decreasing(case: str) -> None:
     assert model.step == 40
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_train_step_returns_detached_scalars(case: str) -> None:
-    model = build(case)
-    images, labels = tiny_data(16)
-    losses = model.train_step(images, labels)
-    expected = {"loss", "recon", "kl"} if isinstance(model, VAE) else {"loss"}
-    assert set(losses) == expected
-    for value in losses.values():
-        assert value.dim() == 0 and not value.requires_grad
-
-
-@pytest.mark.parametrize("case", list(CASES))
-def test_same_seed_same_weights(case: str) -> None:
-    rng_before = torch.get_rng_state()
-    a, b, c = build(case, seed=3), build(case, seed=3), build(case, seed=4)
-    assert torch.equal(torch.get_rng_state(), rng_before)  # init used a forked RNG
-    sa, sb, sc = flat_state(a), flat_state(b), flat_state(c)
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    assert any(not torch.equal(sa[k], sc[k]) for k in sa)
-
-
-@pytest.mark.parametrize("case", list(CASES))
-def test_resume_from_checkpoint_is_exact(case: str, tmp_path) -> None:
-    images, labels = tiny_data()
-    straight = build(case)
-    straight_losses = run_steps(straight, 6, images, labels)
-
-    first = build(case)
-    losses = run_steps(first, 3, images, labels)
-    torch.save(first.state_dict(), tmp_path / "ckpt.pt")
-    del first
-    resumed = build(case)
-    resumed.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=True))
-    assert resumed.step == 3
-    losses += run_steps(resumed, 3, images, labels)
-
-    assert losses == straight_losses  # bit-identical losses
-    s1, s2 = flat_state(straight), flat_state(resumed)
-    assert s1.keys() == s2.keys()
-    assert all(torch.equal(s1[k], s2[k]) for k in s1)
-    gen = torch.Generator().manual_seed(5)
-    assert torch.equal(straight.sample(4, torch.arange(4), gen), resumed.sample(4, torch.arange(4), gen.manual_seed(5)))
-
-
-@pytest.mark.parametrize("case", ["vae-conv", "ddpm"])
-def test_sample_with_generator_leaves_model_rng_alone(case: str) -> None:
-    model = build(case)
-    before = model.rng.get_state()
-    model.sample(2, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(model.rng.get_state(), before)
-
-
 # =========================================================================== VAE
 def test_vae_kl_matches_torch_distributions() -> None:
     gen = torch.Generator().manual_seed(0)
@@ -166,7 +49,7 @@ def test_vae_kl_matches_torch_distributions() -> None:
 
 
 def test_vae_elbo_mean_and_sampled() -> None:
-    model = build("vae-conv")
+    model = build("vae")
     images, _ = tiny_data(16)
     at_mean = model.elbo(images)
     assert set(at_mean) == {"neg_elbo", "recon", "kl"}

@@ -79,7 +79,7 @@ def sample_job(job: dict[str, Any], session: Session) -> None:
 
 
 def features_job(job: dict[str, Any], session: Session) -> None:
-    """Embed named uint8 image sets with the evaluator; chunk ``j`` of every set goes to worker ``j % W``.
+    """Embed named uint8 image sets with the classifier; chunk ``j`` of every set goes to worker ``j % W``.
 
     Also stores the classifier's predicted label per image (for conditional accuracy).
     """
@@ -91,7 +91,7 @@ def features_job(job: dict[str, Any], session: Session) -> None:
 
 def embed_sets(model: TrainableModel, image_sets: dict[str, np.ndarray], batch_size: int, session: Session,
                folder: Path) -> None:
-    """Embed each named uint8 set with the evaluator ``model``: ``folder/<set>/chunk_*.npz`` holding
+    """Embed each named uint8 set with the classifier ``model``: ``folder/<set>/chunk_*.npz`` holding
     ``features`` (float64) and ``predicted`` (the classifier's label), this rank's chunks only."""
     from tqdm.auto import tqdm
 

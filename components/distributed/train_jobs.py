@@ -1,4 +1,4 @@
-"""Worker bodies that train: a generative model (``train_job``), the evaluator (``evaluator_job``).
+"""Worker bodies that train: a generative model (``train_job``), the classifier (``classifier_job``).
 
 Each takes a plain ``job`` dict (everything a worker needs, arrays included, so no worker
 reads the driver's disk: this works on a multi-node cluster) and a ``Session`` (local or Ray).
@@ -130,8 +130,8 @@ def _train(job: dict[str, Any], session: Session) -> tuple[TrainableModel, list[
                 print(f"warning: {len(errors)} MLflow writes failed: {errors[:3]}")
 
 
-def evaluator_job(job: dict[str, Any], session: Session) -> None:
-    """Train the evaluator, then embed ``job["image_sets"]`` with it: one Ray job, one start-up.
+def classifier_job(job: dict[str, Any], session: Session) -> None:
+    """Train the classifier, then embed ``job["image_sets"]`` with it: one Ray job, one start-up.
 
     The final checkpoint holds ``checkpoint.pt`` and one folder of feature chunks per set, as
     ``train_job`` and ``features_job`` would have written them. Every rank embeds with rank 0's

@@ -1,4 +1,4 @@
-"""The in-domain evaluator: a small Fashion-MNIST CNN whose penultimate layer is the metric space.
+"""The in-domain classifier: a small Fashion-MNIST CNN whose penultimate layer is the metric space.
 
 Inception-v3 features (the usual FID space) are trained on ImageNet photographs and need a
 weight download; a classifier trained on the data set itself gives a feature space that
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from components.config import EvaluatorConfig
+from components.config import ClassifierConfig
 from components.models.base import DataSpec, TrainableModel, unwrap
 
 
@@ -133,7 +133,7 @@ class Classifier(TrainableModel):
     """Cross-entropy training of ``ClassifierNet`` with Adam(W) at a constant learning rate.
 
     Args:
-        config: evaluator settings (``width``, ``feature_dim``, the shared training fields).
+        config: classifier settings (``width``, ``feature_dim``, the shared training fields).
         spec: data shape and class count.
         device: where the network, optimiser and generator live.
     """
@@ -141,7 +141,7 @@ class Classifier(TrainableModel):
     family: ClassVar[str] = "classifier"
     network_names: ClassVar[tuple[str, ...]] = ("net",)
 
-    def __init__(self, config: EvaluatorConfig, spec: DataSpec, device: torch.device | str = "cpu"):
+    def __init__(self, config: ClassifierConfig, spec: DataSpec, device: torch.device | str = "cpu"):
         super().__init__(config, spec, device)
         # Seed the initial weights without disturbing the caller's global RNG.
         with torch.random.fork_rng(devices=[]):

@@ -4,8 +4,8 @@ The paper's recipe, sized for 28x28 and 32x32 images: the generator projects ``z
 small feature map and doubles its size with strided transposed convolutions (batch norm +
 ReLU, tanh out); the discriminator halves it with strided convolutions (LeakyReLU 0.2,
 batch norm on every layer but the first) down to one logit. No pooling, no fully connected
-hidden layers, weights drawn from N(0, 0.02). Losses as in ``gan.py``: binary
-cross-entropy on logits and the non-saturating generator loss.
+hidden layers, weights drawn from N(0, 0.02). Training step and sampler are ``GAN``'s
+(``gan.py``): binary cross-entropy on logits and the non-saturating generator loss.
 
     28x28: z -> (2g, 7, 7) -> (g, 14, 14) -> (C, 28, 28);   D mirrors it with d, 2d
     32x32: z -> (4g, 4, 4) -> (2g, 8, 8) -> (g, 16, 16) -> (C, 32, 32)
@@ -13,14 +13,12 @@ cross-entropy on logits and the non-saturating generator loss.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from components.config import DCGANConfig
-from components.models.base import DataSpec, GenerativeModel, to_uint8
+from components.models.gan import GAN
 
 
 def feature_map_plan(size: int) -> tuple[int, int]:
@@ -120,12 +118,8 @@ class ConvDiscriminator(nn.Module):
         return self.net(images).flatten()
 
 
-class DCGAN(GenerativeModel):
-    """Unconditional convolutional GAN.
-
-    The networks are the attributes ``generator`` and ``discriminator``; initial weights
-    depend only on ``config.seed``. The discriminator sees real and fake batches in separate
-    forward passes, so its batch-norm statistics are never mixed across the two.
+class DCGAN(GAN):
+    """Unconditional convolutional GAN: ``GAN``'s training step and sampler, convolutional networks.
 
     Args:
         config: the ``dcgan`` training section.
@@ -134,101 +128,12 @@ class DCGAN(GenerativeModel):
     """
 
     family: ClassVar[str] = "dcgan"
-    kind: ClassVar[Literal["gan", "vae", "diffusion"]] = "gan"
-    conditional: ClassVar[bool] = False
-    network_names: ClassVar[tuple[str, ...]] = ("generator", "discriminator")
+    config: DCGANConfig
 
-    def __init__(self, config: DCGANConfig, spec: DataSpec, device: torch.device | str = "cpu"):
-        super().__init__(config, spec, device)
-        # Build on CPU under a private seed, then move: same seed -> same weights on any
-        # device, and the caller's global RNG stream is left as it was.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            generator = ConvGenerator(config.latent_dim, config.g_channels, spec.shape)
-            discriminator = ConvDiscriminator(config.d_channels, spec.shape)
-            generator.apply(dcgan_init)
-            discriminator.apply(dcgan_init)
-        self.generator: nn.Module = generator.to(self.device)
-        self.discriminator: nn.Module = discriminator.to(self.device)
-
-    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"generator": self.make_adam(self.generator), "discriminator": self.make_adam(self.discriminator)}
-
-    def train_step(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
-        """One discriminator step, then one generator step, on the same fake batch.
-
-        Args:
-            images: ``(B, C, H, W)`` float in [-1, 1].
-            labels: ``(B,)``; unused (unconditional model).
-
-        Returns:
-            ``loss_d``, ``loss_g`` and the mean discriminator probabilities ``d_real`` and
-            ``d_fake`` (before the discriminator update), detached 0-dim tensors.
-        """
-        del labels
-        batch = images.shape[0]
-        z = torch.randn(batch, self.config.latent_dim, generator=self.rng, device=self.device)
-        ones = torch.ones(batch, device=self.device)
-        zeros = torch.zeros(batch, device=self.device)
-        with self.autocast():
-            fake = self.generator(z)  # (B, C, H, W)
-
-        # Discriminator: real -> 1, fake -> 0, as two forward passes (per-batch BN statistics,
-        # as in pytorch/examples dcgan). fake.detach(): no gradient into G here.
-        opt_d = self.optimizers["discriminator"]
-        opt_d.zero_grad(set_to_none=True)
-        with self.autocast():
-            logit_real = self.discriminator(images).float()  # (B,)
-            logit_fake = self.discriminator(fake.detach()).float()
-        loss_real = F.binary_cross_entropy_with_logits(logit_real, ones)
-        loss_fake = F.binary_cross_entropy_with_logits(logit_fake, zeros)
-        loss_d = loss_real + loss_fake
-        loss_d.backward()
-        self.clip(self.discriminator)
-        opt_d.step()
-
-        # Generator: non-saturating loss, fake labelled real, through the updated D.
-        # D also receives gradients here; they are discarded by the next zero_grad.
-        opt_g = self.optimizers["generator"]
-        opt_g.zero_grad(set_to_none=True)
-        with self.autocast():
-            logit_gen = self.discriminator(fake).float()
-        loss_g = F.binary_cross_entropy_with_logits(logit_gen, ones)
-        loss_g.backward()
-        self.clip(self.generator)
-        opt_g.step()
-
-        self.step += 1
-        return {
-            "loss_d": loss_d.detach(),
-            "loss_g": loss_g.detach(),
-            "d_real": torch.sigmoid(logit_real.detach()).mean(),
-            "d_fake": torch.sigmoid(logit_fake.detach()).mean(),
-        }
-
-    @torch.no_grad()
-    def sample(self, n: int, labels: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
-        """Draw ``n`` images from the generator in eval mode (batch-norm running statistics).
-
-        Args:
-            n: number of images.
-            labels: ignored (unconditional model).
-            generator: noise source; ``self.rng`` (and so training) is untouched when given.
-
-        Returns:
-            ``(n, C, H, W)`` uint8 on ``self.device``.
-        """
-        del labels
-        # The bare network: a DDP wrapper would start collectives (buffer broadcast) that a
-        # rank-0-only sampler would never see answered.
-        net_g = self.net("generator")
-        was_training = net_g.training
-        net_g.eval()
-        try:
-            rng = generator if generator is not None else self.rng
-            z = torch.randn(n, self.config.latent_dim, generator=rng, device=self.device)  # (n, latent_dim)
-            with self.autocast():
-                images = net_g(z)  # (n, C, H, W)
-        finally:
-            net_g.train(was_training)
-        return to_uint8(images)
+    def build_networks(self) -> tuple[nn.Module, nn.Module]:
+        """Convolutional ``(generator, discriminator)`` with Radford et al.'s initial weights."""
+        generator = ConvGenerator(self.config.latent_dim, self.config.g_channels, self.spec.shape)
+        discriminator = ConvDiscriminator(self.config.d_channels, self.spec.shape)
+        generator.apply(dcgan_init)
+        discriminator.apply(dcgan_init)
+        return generator, discriminator

@@ -4,6 +4,9 @@ Two fully connected networks: the generator maps noise ``z`` to an image, the
 discriminator maps an image to one logit. Trained with binary cross-entropy on logits
 and the non-saturating generator loss (the generator maximises ``log D(G(z))`` instead of
 minimising ``log(1 - D(G(z)))``, which gives strong gradients early in training).
+
+``GAN`` owns the adversarial step and the sampler of every GAN family: DCGAN (``dcgan.py``)
+overrides only ``build_networks``; CGAN (``cgan.py``) also feeds labels through ``condition``.
 """
 
 from __future__ import annotations
@@ -18,11 +21,36 @@ from components.config import GANConfig
 from components.models.base import DataSpec, GenerativeModel, to_uint8
 
 
-class MLPGenerator(nn.Module):
-    """``z`` -> hidden -> 2*hidden -> image, tanh output in [-1, 1].
+def generator_layers(in_dim: int, hidden_dim: int, out_dim: int) -> list[nn.Module]:
+    """``in_dim`` -> hidden -> 2*hidden -> ``out_dim``, tanh output in [-1, 1].
 
     Batch norm on the second hidden layer only: the first layer sees raw Gaussian noise,
     which is already normalised (as in the classic PyTorch MLP GAN).
+    """
+    return [
+        nn.Linear(in_dim, hidden_dim),
+        nn.LeakyReLU(0.2),
+        nn.Linear(hidden_dim, hidden_dim * 2),
+        nn.BatchNorm1d(hidden_dim * 2),
+        nn.LeakyReLU(0.2),
+        nn.Linear(hidden_dim * 2, out_dim),
+        nn.Tanh(),
+    ]
+
+
+def discriminator_layers(in_dim: int, hidden_dim: int) -> list[nn.Module]:
+    """``in_dim`` -> 2*hidden -> hidden -> one logit (no sigmoid: the loss takes logits)."""
+    return [
+        nn.Linear(in_dim, hidden_dim * 2),
+        nn.LeakyReLU(0.2),
+        nn.Linear(hidden_dim * 2, hidden_dim),
+        nn.LeakyReLU(0.2),
+        nn.Linear(hidden_dim, 1),
+    ]
+
+
+class MLPGenerator(nn.Module):
+    """``z`` -> hidden -> 2*hidden -> image (``generator_layers``).
 
     Args:
         latent_dim: size of ``z``.
@@ -34,15 +62,7 @@ class MLPGenerator(nn.Module):
         super().__init__()
         self.shape = shape
         c, h, w = shape
-        self.net = nn.Sequential(
-            nn.Linear(latent_dim, hidden_dim),
-            nn.LeakyReLU(0.2),
-            nn.Linear(hidden_dim, hidden_dim * 2),
-            nn.BatchNorm1d(hidden_dim * 2),
-            nn.LeakyReLU(0.2),
-            nn.Linear(hidden_dim * 2, c * h * w),
-            nn.Tanh(),
-        )
+        self.net = nn.Sequential(*generator_layers(latent_dim, hidden_dim, c * h * w))
 
     def forward(self, z: Tensor) -> Tensor:
         """``(B, latent_dim)`` -> ``(B, C, H, W)``."""
@@ -50,7 +70,7 @@ class MLPGenerator(nn.Module):
 
 
 class MLPDiscriminator(nn.Module):
-    """Image -> 2*hidden -> hidden -> one logit (no sigmoid: the loss takes logits).
+    """Image -> 2*hidden -> hidden -> one logit (``discriminator_layers``).
 
     Args:
         hidden_dim: width of the last hidden layer.
@@ -60,14 +80,7 @@ class MLPDiscriminator(nn.Module):
     def __init__(self, hidden_dim: int, shape: tuple[int, int, int]):
         super().__init__()
         c, h, w = shape
-        self.net = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(c * h * w, hidden_dim * 2),
-            nn.LeakyReLU(0.2),
-            nn.Linear(hidden_dim * 2, hidden_dim),
-            nn.LeakyReLU(0.2),
-            nn.Linear(hidden_dim, 1),
-        )
+        self.net = nn.Sequential(nn.Flatten(), *discriminator_layers(c * h * w, hidden_dim))
 
     def forward(self, images: Tensor) -> Tensor:
         """``(B, C, H, W)`` -> ``(B,)`` logits."""
@@ -78,7 +91,8 @@ class GAN(GenerativeModel):
     """Unconditional MLP GAN.
 
     The networks are the attributes ``generator`` and ``discriminator``; initial weights
-    depend only on ``config.seed``.
+    depend only on ``config.seed``. The discriminator sees real and fake batches in separate
+    forward passes, so a discriminator with batch norm (DCGAN's) never mixes their statistics.
 
     Args:
         config: the ``gan`` training section.
@@ -97,10 +111,24 @@ class GAN(GenerativeModel):
         # device, and the caller's global RNG stream is left as it was.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            generator = MLPGenerator(config.latent_dim, config.hidden_dim, spec.shape)
-            discriminator = MLPDiscriminator(config.hidden_dim, spec.shape)
+            generator, discriminator = self.build_networks()
         self.generator: nn.Module = generator.to(self.device)
         self.discriminator: nn.Module = discriminator.to(self.device)
+
+    def build_networks(self) -> tuple[nn.Module, nn.Module]:
+        """``(generator, discriminator)`` for ``self.config`` and ``self.spec``, on CPU (seeded by the caller)."""
+        return (MLPGenerator(self.config.latent_dim, self.config.hidden_dim, self.spec.shape),
+                MLPDiscriminator(self.config.hidden_dim, self.spec.shape))
+
+    def condition(self, labels: Tensor) -> tuple[Tensor, ...]:
+        """The networks' inputs beside ``z`` or the images: none for an unconditional GAN."""
+        del labels
+        return ()
+
+    def sample_condition(self, n: int, labels: Tensor | None) -> tuple[Tensor, ...]:
+        """``condition`` for ``n`` samples of the requested ``labels`` (ignored here)."""
+        del n, labels
+        return ()
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"generator": self.make_adam(self.generator), "discriminator": self.make_adam(self.discriminator)}
@@ -110,26 +138,27 @@ class GAN(GenerativeModel):
 
         Args:
             images: ``(B, C, H, W)`` float in [-1, 1].
-            labels: ``(B,)``; unused (unconditional model).
+            labels: ``(B,)`` int64; reach the networks only through ``condition``.
 
         Returns:
             ``loss_d``, ``loss_g`` and the mean discriminator probabilities ``d_real`` and
             ``d_fake`` (before the discriminator update), detached 0-dim tensors.
         """
-        del labels
+        cond = self.condition(labels)  # () or (labels,): the fakes are asked for the real batch's classes
         batch = images.shape[0]
         z = torch.randn(batch, self.config.latent_dim, generator=self.rng, device=self.device)
         ones = torch.ones(batch, device=self.device)
         zeros = torch.zeros(batch, device=self.device)
         with self.autocast():
-            fake = self.generator(z)  # (B, C, H, W)
+            fake = self.generator(z, *cond)  # (B, C, H, W)
 
-        # Discriminator: real -> 1, fake -> 0. fake.detach(): no gradient into G here.
+        # Discriminator: real -> 1, fake -> 0, as two forward passes (per-batch BN statistics in
+        # DCGAN, as in pytorch/examples dcgan). fake.detach(): no gradient into G here.
         opt_d = self.optimizers["discriminator"]
         opt_d.zero_grad(set_to_none=True)
         with self.autocast():
-            logit_real = self.discriminator(images).float()  # (B,)
-            logit_fake = self.discriminator(fake.detach()).float()
+            logit_real = self.discriminator(images, *cond).float()  # (B,)
+            logit_fake = self.discriminator(fake.detach(), *cond).float()
         loss_real = F.binary_cross_entropy_with_logits(logit_real, ones)
         loss_fake = F.binary_cross_entropy_with_logits(logit_fake, zeros)
         loss_d = loss_real + loss_fake
@@ -142,7 +171,7 @@ class GAN(GenerativeModel):
         opt_g = self.optimizers["generator"]
         opt_g.zero_grad(set_to_none=True)
         with self.autocast():
-            logit_gen = self.discriminator(fake).float()
+            logit_gen = self.discriminator(fake, *cond).float()
         loss_g = F.binary_cross_entropy_with_logits(logit_gen, ones)
         loss_g.backward()
         self.clip(self.generator)
@@ -162,13 +191,13 @@ class GAN(GenerativeModel):
 
         Args:
             n: number of images.
-            labels: ignored (unconditional model).
+            labels: ``(n,)`` classes for a conditional GAN (``sample_condition``); ignored here.
             generator: noise source; ``self.rng`` (and so training) is untouched when given.
 
         Returns:
             ``(n, C, H, W)`` uint8 on ``self.device``.
         """
-        del labels
+        cond = self.sample_condition(n, labels)
         # The bare network: a DDP wrapper would start collectives (buffer broadcast) that a
         # rank-0-only sampler would never see answered.
         net_g = self.net("generator")
@@ -178,7 +207,7 @@ class GAN(GenerativeModel):
             rng = generator if generator is not None else self.rng
             z = torch.randn(n, self.config.latent_dim, generator=rng, device=self.device)  # (n, latent_dim)
             with self.autocast():
-                images = net_g(z)  # (n, C, H, W)
+                images = net_g(z, *cond)  # (n, C, H, W)
         finally:
             net_g.train(was_training)
         return to_uint8(images)

@@ -178,7 +178,7 @@ def leaderboard_table(inputs: ReportInputs, rows: list[Row]) -> str:
 
 def _model_card(cfg: PipelineConfig, inputs: ReportInputs, row: Row) -> str:
     m = inputs.models[row.model]
-    model_cfg = m.config.get("model", {})
+    model_cfg = m.config.get("config", {})
     class_names = inputs.meta.get("class_names", [])
     caption = "samples (fixed seed)"
     if row.values.get("cond_acc") is not None and len(class_names) == cfg.sample.grid_size:

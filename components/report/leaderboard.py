@@ -2,7 +2,7 @@
 
 Rows come in three kinds, so every number is read between two references:
 
-* ``floor``: real training images scored against the real test split (``metrics/evaluator.json``):
+* ``floor``: real training images scored against the real test split (``metrics/classifier.json``):
   the best FID this extractor and this N can give;
 * ``model``: each trained model's samples, sorted by FID;
 * ``ceiling``: the same architecture at initialisation (``ceiling_*`` in ``metrics/NAME.json``).
@@ -41,7 +41,7 @@ class ModelInputs:
     name: str
     metrics: dict[str, Any]  # metrics/NAME.json
     history: list[dict[str, Any]]  # models/NAME/history.json
-    config: dict[str, Any]  # models/NAME/config.json: {name, model, data_spec, data_checksum}
+    config: dict[str, Any]  # models/NAME/config.json: {name, config, data_spec, data_checksum}
     run: dict[str, Any]  # models/NAME/mlflow_run.json: {run_id, experiment, tracking_uri}
     grid_png: bytes  # samples/NAME/grid.png
     loss_png: bytes  # models/NAME/loss.png
@@ -49,9 +49,9 @@ class ModelInputs:
 
 @dataclass
 class ReportInputs:
-    """The evaluator's summary, the data set's meta and every model's inputs (in params order)."""
+    """The classifier's summary, the data set's meta and every model's inputs (in params order)."""
 
-    evaluator: dict[str, Any]
+    classifier: dict[str, Any]
     meta: dict[str, Any]
     models: dict[str, ModelInputs] = field(default_factory=dict)
 
@@ -63,8 +63,8 @@ REPORT_INPUTS = (layout.METRICS, layout.MODELS, layout.SAMPLES, layout.META)
 def _stage_hint(rel: str) -> str:
     """Which stage writes ``rel`` (a path relative to the project root)."""
     parts = Path(rel).parts
-    if rel == layout.EVALUATOR_METRICS:
-        return "the evaluator stage (dvc repro evaluator)"
+    if rel == layout.CLASSIFIER_METRICS:
+        return "the classifier stage (dvc repro classifier)"
     if parts[0] == "data":
         return "the fetch stage (dvc repro fetch)"
     stage = {"metrics": "evaluate", "samples": "sample", "models": "train"}[parts[0]]
@@ -95,7 +95,7 @@ def load_inputs(names: list[str], root: Path) -> ReportInputs:
     Returns:
         The parsed inputs; raises ReportInputError on the first missing or unreadable file.
     """
-    inputs = ReportInputs(evaluator=_read(root, layout.EVALUATOR_METRICS, "json"), meta=_read(root, layout.META, "json"))
+    inputs = ReportInputs(classifier=_read(root, layout.CLASSIFIER_METRICS, "json"), meta=_read(root, layout.META, "json"))
     for name in names:
         model, samples = layout.model_dir(name), layout.samples_dir(name)
         inputs.models[name] = ModelInputs(
@@ -189,10 +189,10 @@ def _ceiling_row(m: ModelInputs) -> Row:
                parameters=m.metrics.get("parameters"), train_steps=0)
 
 
-def _floor_row(evaluator: dict[str, Any]) -> Row:
-    floor = evaluator.get("floor", {})
+def _floor_row(classifier: dict[str, Any]) -> Row:
+    floor = classifier.get("floor", {})
     return Row(label="data floor", kind="floor", model=None, family="real images", fid=float(floor["fid"]),
-               fid_std=floor.get("fid_std"), num_samples=evaluator.get("num_samples"),
+               fid_std=floor.get("fid_std"), num_samples=classifier.get("num_samples"),
                values={k: floor.get(k) for k in SAMPLE_KEYS})
 
 
@@ -220,7 +220,7 @@ def collect_rows(inputs: ReportInputs) -> list[Row]:
         The rows in display order, with ranks, ties and the gap each model closed filled in.
     """
     held_out = held_out_keys(inputs)
-    floor = _floor_row(inputs.evaluator)
+    floor = _floor_row(inputs.classifier)
     models = sorted((_model_row(m, held_out) for m in inputs.models.values()), key=lambda r: r.fid)
     ceilings = sorted((_ceiling_row(m) for m in inputs.models.values()), key=lambda r: r.fid)
     ceiling_of = {r.model: r for r in ceilings}
@@ -326,12 +326,12 @@ def run_facts(cfg: PipelineConfig, inputs: ReportInputs, git: dict[str, str]) ->
     Returns:
         Data set, N, extractor, seeds, code version, profile, MLflow experiment and run ids.
     """
-    meta, ev, models = inputs.meta, inputs.evaluator, inputs.models.values()
+    meta, ev, models = inputs.meta, inputs.classifier, inputs.models.values()
     counts = meta.get("counts", {})
     data_sums = sorted({str(m.config.get("data_checksum", "?")) for m in models})
     n_gen = sorted({int(m.metrics.get("num_samples", 0)) for m in models})
     n_ceiling = sorted({int(m.metrics.get("ceiling_samples", 0)) for m in models})
-    train_seeds = {m.name: m.config.get("model", {}).get("seed", "?") for m in models}
+    train_seeds = {m.name: m.config.get("config", {}).get("seed", "?") for m in models}
     seeds = (f"train {next(iter(train_seeds.values()))} (every model)" if len(set(train_seeds.values())) == 1
              else "train " + ", ".join(f"{k} {v}" for k, v in train_seeds.items()))
     experiments = sorted({str(m.run.get("experiment", "?")) for m in models})
@@ -347,7 +347,7 @@ def run_facts(cfg: PipelineConfig, inputs: ReportInputs, git: dict[str, str]) ->
     extractor = (f"checksum {ev.get('extractor_checksum', '?')}; in-domain CNN classifier, "
                  f"test accuracy {_percent(ev.get('test_accuracy'))}")
     seed_text = (f"data {cfg.data.seed} · {seeds} · sample {cfg.sample.seed} · evaluate {cfg.evaluate.seed} · "
-                 f"evaluator {cfg.evaluator.seed}")
+                 f"classifier {cfg.classifier.seed}")
     return [
         ("Data set", data),
         ("N", n),
@@ -367,7 +367,7 @@ def _percent(x: float | None) -> str:
 def consistency_warnings(inputs: ReportInputs, rows: list[Row]) -> list[str]:
     """Reasons not to compare the rows as they stand (stale metrics, unequal N, untrained-level models)."""
     out: list[str] = []
-    extractor = inputs.evaluator.get("extractor_checksum")
+    extractor = inputs.classifier.get("extractor_checksum")
     for m in inputs.models.values():
         if m.metrics.get("extractor_checksum") != extractor:
             out.append(f"{m.name} was scored with extractor {m.metrics.get('extractor_checksum')}, not the current "

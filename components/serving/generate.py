@@ -24,7 +24,7 @@ def local_generator(models_dir: str | Path, name: str, data_dir: str | Path = la
     """
     folder = Path(models_dir) / name
     if not (folder / "checkpoint.pt").exists():
-        there = sorted(p.parent.name for p in Path(models_dir).glob("*/checkpoint.pt") if p.parent.name != "evaluator")
+        there = sorted(p.parent.name for p in Path(models_dir).glob("*/checkpoint.pt") if p.parent.name != layout.CLASSIFIER)
         raise GenerateError(f"unknown model {name!r}: no {folder / 'checkpoint.pt'} (trained models: {there or 'none'})")
     meta = Path(data_dir) / "meta.json"
     classes = json.loads(meta.read_text()).get("class_names") if meta.exists() else None

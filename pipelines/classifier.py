@@ -1,9 +1,9 @@
-"""``python -m pipelines.evaluator``: train the in-domain CNN whose embedding all metrics use.
+"""``python -m pipelines.classifier``: train the in-domain CNN whose embedding all metrics use.
 
 One Ray Train job trains it like any model and then, on the same workers, extracts the real
 reference features (test split, and a same-size class-balanced slice of the training split),
-giving the *data floor* row (real train vs real test). Writes ``models/evaluator/`` (checkpoint.pt,
-reference.npz, mlflow_run.json) and ``metrics/evaluator.json``.
+giving the *data floor* row (real train vs real test). Writes ``models/classifier/`` (checkpoint.pt,
+reference.npz, mlflow_run.json) and ``metrics/classifier.json``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from components.config import flatten
 from components.data.dataset import DataError, data_checksum, load_meta, load_split, spec_from_meta
 from components.distributed.inference_jobs import merge_chunks
 from components.distributed.runner import run_job, run_name
-from components.distributed.train_jobs import evaluator_job
+from components.distributed.train_jobs import classifier_job
 from components.io import atomic_dir, write_json
 from components.metrics.suite import sample_metrics
 from components.training.checkpoint import CHECKPOINT_FILE, model_from_checkpoint
@@ -28,38 +28,38 @@ def arguments() -> StageParser:
     """The stage's command line."""
     p = parser(__doc__, plain=True)
     p.path("--data", layout.DATA, help="the fetch stage's folder")
-    p.path("--out", layout.EVALUATOR_DIR, output=True, help="checkpoint, reference features, MLflow run id")
-    p.path("--metrics", layout.EVALUATOR_METRICS, output=True, help="test accuracy and the data floor")
+    p.path("--out", layout.CLASSIFIER_DIR, output=True, help="checkpoint, reference features, MLflow run id")
+    p.path("--metrics", layout.CLASSIFIER_METRICS, output=True, help="test accuracy and the data floor")
     return p
 
 
 def main() -> None:
     args = arguments().parse_args()
     cfg = load_or_exit(args)
-    ecfg, n = cfg.evaluator, cfg.evaluate.num_samples
+    ccfg, n = cfg.classifier, cfg.evaluate.num_samples
     meta, train, test = load_meta(args.data), load_split(args.data, "train"), load_split(args.data, "test")
     spec = spec_from_meta(meta)
     uri = tracking.resolve_tracking_uri(cfg.mlflow)
     tracking.check_reachable(uri)
     checksum = data_checksum(args.data)
     run_id = tracking.start_run(
-        uri, cfg.experiment_name, "evaluator",
-        tracking.run_tags(family="classifier", model_name="evaluator", seed=ecfg.seed, data_checksum=checksum,
-                          workers=cfg.ray.num_workers, profile=cfg.profile, stage="evaluator"),
-        flatten({"model": ecfg.model_dump(mode="json")}))
+        uri, cfg.experiment_name, "classifier",
+        tracking.run_tags(family="classifier", model_name="classifier", seed=ccfg.seed, data_checksum=checksum,
+                          workers=cfg.ray.num_workers, profile=cfg.profile, stage="classifier"),
+        flatten({"config": ccfg.model_dump(mode="json")}))
 
-    with tracking.StageRun(uri, run_id) as mlflow_run:  # the evaluator's own run: FINISHED, or FAILED
+    with tracking.StageRun(uri, run_id) as mlflow_run:  # the classifier's own run: FINISHED, or FAILED
         # the reference sets: the test split and a same-size class-balanced slice of the training split
         rng = np.random.default_rng(cfg.evaluate.seed)
         test_n = min(n, len(test.images))
         train_idx = np.sort(rng.choice(len(train.images), size=min(test_n, len(train.images)), replace=False))
         sets = {"test": test.images[:test_n], "train": train.images[train_idx]}
 
-        key = {"name": "evaluator", "config": ecfg.model_dump(mode="json"), "data": checksum, "n": test_n}
+        key = {"name": "classifier", "config": ccfg.model_dump(mode="json"), "data": checksum, "n": test_n}
         job = {**key, "spec": spec.to_dict(), "images": train.images, "labels": train.labels,
                "tracking": {"uri": uri, "run_id": run_id, "system_metrics": False},
                "image_sets": sets, "batch_size": cfg.evaluate.batch_size}
-        result = run_job(evaluator_job, job, cfg=cfg.ray, name=run_name("evaluator", key), plain=args.plain)
+        result = run_job(classifier_job, job, cfg=cfg.ray, name=run_name("classifier", key), plain=args.plain)
         try:
             checkpoint = (result / CHECKPOINT_FILE).read_bytes()
             features = {name: merge_chunks(result / name) for name in sets}
@@ -67,9 +67,9 @@ def main() -> None:
             shutil.rmtree(result, ignore_errors=True)
         classifier = model_from_checkpoint(_payload(checkpoint))
         accuracy = _accuracy(classifier, test.images, test.labels)
-        if accuracy < ecfg.min_test_accuracy:
-            raise RuntimeError(f"evaluator test accuracy {accuracy:.4f} < evaluator.min_test_accuracy "
-                               f"{ecfg.min_test_accuracy}: train it longer (evaluator.epochs) before trusting metrics")
+        if accuracy < ccfg.min_test_accuracy:
+            raise RuntimeError(f"classifier test accuracy {accuracy:.4f} < classifier.min_test_accuracy "
+                               f"{ccfg.min_test_accuracy}: train it longer (classifier.epochs) before trusting metrics")
         floor = sample_metrics(features["test"]["features"], features["train"]["features"], cfg.evaluate)
 
         identity = classifier.checksum()
@@ -83,7 +83,7 @@ def main() -> None:
         write_json(args.metrics, summary)
         mlflow_run.log_metrics({"eval/test_accuracy": accuracy, **{f"eval/floor_{k}": v for k, v in floor.items()}})
         mlflow_run.set_tags({"extractor_checksum": identity})
-        print(f"evaluator: test accuracy {accuracy:.4f}, floor FID {floor['fid']:.3f}, extractor {identity}")
+        print(f"classifier: test accuracy {accuracy:.4f}, floor FID {floor['fid']:.3f}, extractor {identity}")
 
 
 def _payload(blob: bytes) -> dict:
