@@ -12,8 +12,8 @@ from pathlib import Path
 
 from components import layout, tracking
 from components.data.dataset import DataError, data_checksum, load_meta, spec_from_meta
-from components.distributed.datasets import loading_job, prepared
 from components.distributed import runner
+from components.distributed.datasets import loading_job, prepared
 from components.distributed.runner import StorageError, check_storage, run_job, run_name, storage_root
 from components.distributed.train_jobs import HISTORY_FILE, train_job, worker_records
 from components.io import atomic_dir, atomic_path, write_json
