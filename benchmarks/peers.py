@@ -15,7 +15,7 @@ Both sides are measured in the same run, interleaved so that machine load hits t
    the rounds after the first (warm-up), and both sides end with the same wall-clock budget;
 2. sampling: DDIM with the same step count, batch by batch alternately, images/s of each;
 3. FID of each side's ``--fid-samples`` images against as many real test images, in the
-   feature space of the project's evaluator (``--evaluator``'s checkpoint, else one trained here
+   feature space of the project's classifier (``--classifier``'s checkpoint, else one trained here
    the way ``sample_speed`` does).
 
 Prints Markdown tables and ratios (project / diffusers), then one JSON line.
@@ -38,9 +38,9 @@ import torch
 
 from benchmarks.common import (
     ROOT,
+    classifier_config,
     common_args,
     emit_json,
-    evaluator_config,
     family_configs,
     machine,
     median,
@@ -178,17 +178,17 @@ def load_data(quick: bool, data_dir: Path, n_real: int) -> tuple[np.ndarray, np.
     return train.images, train.labels, test.images, test.labels
 
 
-def evaluator(evaluator_dir: Path, quick: bool, images: np.ndarray, labels: np.ndarray, device: torch.device,
+def classifier(classifier_dir: Path, quick: bool, images: np.ndarray, labels: np.ndarray, device: torch.device,
               epochs: int | None = None) -> tuple[Any, str]:
-    """The project's feature extractor: the evaluator stage's checkpoint, else a classifier trained here."""
+    """The project's feature extractor: the classifier stage's checkpoint, else a classifier trained here."""
     from components.training.checkpoint import CHECKPOINT_FILE, model_from_checkpoint
 
-    path = evaluator_dir / CHECKPOINT_FILE
+    path = classifier_dir / CHECKPOINT_FILE
     if path.is_file():
-        return model_from_checkpoint(path, device).feature_extractor().to(device), str(evaluator_dir)
+        return model_from_checkpoint(path, device).feature_extractor().to(device), str(classifier_dir)
     from benchmarks.sample_speed import train
 
-    cfg = evaluator_config(quick)
+    cfg = classifier_config(quick)
     if epochs:
         from benchmarks.common import with_settings
 
@@ -246,14 +246,14 @@ def main() -> None:
     p = common_args(__doc__.split("\n")[0])
     p.add_argument("--venv", default=str(DEFAULT_VENV), help="the peer's virtual environment (made when missing)")
     p.add_argument("--data", default=str(ROOT / "data" / "prepared"), help="the prepared data set (fetch stage)")
-    p.add_argument("--evaluator", default=str(ROOT / "models" / "evaluator"), help="the evaluator stage's folder")
+    p.add_argument("--classifier", default=str(ROOT / "models" / "classifier"), help="the classifier stage's folder")
     p.add_argument("--budget-s", type=float, default=None, help="training seconds per side (default 600, quick 4)")
     p.add_argument("--chunk-steps", type=int, default=None, help="project steps per round (default 20, quick 2)")
     p.add_argument("--fid-samples", type=int, default=None, help="images per side for FID (default 1000, quick 32)")
     p.add_argument("--sample-batch", type=int, default=None, help="images per sampling call (default 500, quick 16)")
     p.add_argument("--ddim-steps", type=int, default=None, help="DDIM steps on both sides (default: params.yaml's)")
-    p.add_argument("--evaluator-epochs", type=int, default=None,
-                   help="epochs of the classifier trained here when --evaluator has none (default: params.yaml's)")
+    p.add_argument("--classifier-epochs", type=int, default=None,
+                   help="epochs of the classifier trained here when --classifier has none (default: params.yaml's)")
     args = p.parse_args()
     device = pick_device(args.device)
     threads = setup_threads(device, args.threads)
@@ -285,12 +285,12 @@ def main() -> None:
         sampled = sample_both(model, peer, n, batch, ddim_steps, device, folder)
         print(f"DDIM {ddim_steps} steps: project {sampled['project_images_per_s']:.3g} img/s, diffusers "
               f"{sampled['diffusers_images_per_s']:.3g} img/s; scoring FID", flush=True)
-        extractor, source = evaluator(Path(args.evaluator), q, train_images, train_labels, device, args.evaluator_epochs)
+        extractor, source = classifier(Path(args.classifier), q, train_images, train_labels, device, args.classifier_epochs)
         real = apply_batched(extractor, test_images[:n], 500, device)
         result["sample"] = {k: v for k, v in sampled.items() if not isinstance(v, np.ndarray)}
         result["fid"] = {side: fid_numpy(real, apply_batched(extractor, sampled[side], 500, device))
                          for side in ("project", "diffusers")}
-        result["evaluator"] = source
+        result["classifier"] = source
         result["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
     finally:
         if peer is not None:
@@ -313,7 +313,7 @@ def report(r: dict[str, Any]) -> None:
              + f"({tr['project_steps']} / {tr['diffusers_steps']} steps)", fid["project"], fid["diffusers"])]
     print_table(["measure", "project", "diffusers", "project / diffusers"],
                 [(m, a, b, a / b if b else None) for m, a, b in rows])
-    print(f"FID in the feature space of the evaluator: {r['evaluator']}")
+    print(f"FID in the feature space of the classifier: {r['classifier']}")
 
 
 if __name__ == "__main__":

@@ -156,19 +156,25 @@ def _torch_threads() -> int:
 
 
 def stage_speed(cfg: Any, spec: DataSpec, images: np.ndarray, labels: np.ndarray, device: torch.device,
-                threads: int, folder: Path, plain: bool = False, track: bool = True) -> dict[str, Any]:
+                threads: int, folder: Path, plain: bool = False, track: bool = True,
+                loading: str = "memory") -> dict[str, Any]:
     """Train through ``run_job(train_job, ...)`` with MLflow tracking; rates from the run's history.
 
-    ``plain`` runs the job in this process instead of on Ray; ``track=False`` leaves MLflow out
-    (both only for ``stage_overhead``'s breakdown).
+    The data goes as the train stage sends it: Parquet shards read by the worker through Ray Data,
+    kept in memory or streamed (``loading``). ``plain`` runs the job in this process instead of on
+    Ray; ``track=False`` leaves MLflow out (both only for ``stage_overhead``'s breakdown).
     """
     from components import tracking
-    from components.config import MlflowConfig, RayConfig
+    from components.config import LoadingConfig, MlflowConfig, RayConfig
+    from components.data.shards import write_split
+    from components.distributed.datasets import PreparedSource
     from components.distributed.runner import run_job
     from components.distributed.train_jobs import HISTORY_FILE, train_job
 
-    job = {"name": cfg.family, "config": cfg.model_dump(mode="json"), "spec": spec.to_dict(), "images": images,
-           "labels": labels, "grid_seed": 0}
+    shards = folder / f"data-{time.time_ns()}"
+    files = tuple(str(shards / r["file"]) for r in write_split(shards, "train", images, labels, shard_mb=16))
+    job = {"name": cfg.family, "config": cfg.model_dump(mode="json"), "spec": spec.to_dict(), "rows": len(images),
+           "loading": {**LoadingConfig().model_dump(), "mode": loading}, "grid_seed": 0}
     if track:
         uri = f"sqlite:///{folder / 'mlflow.db'}"
         run_id = tracking.start_run(uri, "benchmarks", cfg.family, {"benchmark": "train_speed"},
@@ -177,7 +183,8 @@ def stage_speed(cfg: Any, spec: DataSpec, images: np.ndarray, labels: np.ndarray
     ray_cfg = RayConfig(num_workers=1, use_gpu=device.type == "cuda", resources_per_worker={"CPU": threads},
                         storage_path=str(folder / "ray_results"), max_failures=0)
     start = time.perf_counter()
-    result = run_job(train_job, job, cfg=ray_cfg, name=f"bench-{cfg.family}-{time.time_ns()}", plain=plain)
+    result = run_job(train_job, job, cfg=ray_cfg, name=f"bench-{cfg.family}-{time.time_ns()}", plain=plain,
+                     datasets={"train": PreparedSource(files)})
     wall = time.perf_counter() - start
     try:
         epochs = [row for row in json.loads((result / HISTORY_FILE).read_text()) if "epoch" in row]
@@ -228,6 +235,7 @@ def main() -> None:
                    help="runtime settings tried for (b), e.g. fp32,bf16+compile,bf16+cudagraphs "
                         f"(default cpu: {DEFAULT_CANDIDATES['cpu']}; cuda: {DEFAULT_CANDIDATES['cuda']})")
     p.add_argument("--no-stage", action="store_true", help="skip (c), the Ray Train + MLflow run")
+    p.add_argument("--stream", action="store_true", help="also run (c) streaming its data (data.loading.mode: stream)")
     args = p.parse_args()
     device = pick_device(args.device)
     threads = setup_threads(device, args.threads)
@@ -261,6 +269,9 @@ def main() -> None:
                             stage_speed(best_cfg, spec, images[:n], labels[:n], device, threads, folder).items()})
                 row["c"] = row.pop("c_images_per_s")
                 row["c_over_b"] = row["c"] / row["b"]
+                if args.stream:
+                    row["c_stream"] = stage_speed(best_cfg, spec, images[:n], labels[:n], device, threads, folder,
+                                                  loading="stream")["images_per_s"]
             row.pop("b_config")
             result["families"][family] = row
             print(f"{family}: a {row['a']:.0f}  b {row['b']:.0f} img/s ({row['b_settings']})"
@@ -278,6 +289,9 @@ def main() -> None:
 
 def report(result: dict[str, Any]) -> None:
     """The summary table and the per-candidate table, in Markdown."""
+    streamed = [(f, r["c"], r["c_stream"]) for f, r in result["families"].items() if "c_stream" in r]
+    if streamed:
+        print_table(["family", "(c) in memory img/s", "(c) streamed img/s"], streamed)
     print(f"\ntrain_speed on {result['device']} ({result.get('gpu') or result['cpu']}), batch {result['batch_size']}, "
           f"{result['threads']} thread(s), torch {result['torch']}, load {result['load_avg_1m']}")
     rows = [(f, r["a"], r["b"], r["b_settings"], r.get("c"), r["b_over_a"], r["b_over_a_cpu_time"],

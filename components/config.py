@@ -45,6 +45,26 @@ class StrictModel(BaseModel):
 
 
 # --------------------------------------------------------------------------- data
+class LoadingConfig(StrictModel):
+    """How the training split reaches each Ray worker (``docs/data.md``): every rank reads its own
+    share of the prepared shards through Ray Data, then keeps it in memory or streams it."""
+
+    mode: Literal["auto", "memory", "stream"] = Field(
+        "auto", description="memory = materialise the rank's share once into an on-device uint8 tensor "
+        "(fastest); stream = read batches every epoch with prefetch (bounded memory); auto = memory "
+        "when a rank's share of pixels is at most memory_limit_mb")
+    memory_limit_mb: PositiveInt = Field(2048, description="auto: the largest share (MiB of uint8 pixels "
+                                         "per rank) kept in memory")
+    prefetch_batches: PositiveInt = Field(4, description="stream: batches read ahead of the training step")
+    shuffle_buffer: PositiveInt = Field(8192, description="stream: rows in the local shuffle buffer")
+
+    def resolve(self, pixel_bytes: int, world_size: int) -> Literal["memory", "stream"]:
+        """``memory`` or ``stream`` for a split of ``pixel_bytes`` shared by ``world_size`` ranks."""
+        if self.mode != "auto":
+            return self.mode
+        return "memory" if pixel_bytes / world_size <= self.memory_limit_mb << 20 else "stream"
+
+
 class DataConfig(StrictModel):
     """Where the images come from, their shape, and how much of them to use.
 
@@ -70,6 +90,7 @@ class DataConfig(StrictModel):
     mirrors: list[str] | None = Field(None, description="override the built-in mirror list (dirs or URLs)")
     synthetic_train_size: PositiveInt = 12_000
     synthetic_test_size: PositiveInt = 2_000
+    loading: LoadingConfig = Field(default_factory=LoadingConfig)
 
     @model_validator(mode="after")
     def _check_shape(self) -> DataConfig:

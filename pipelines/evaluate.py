@@ -18,7 +18,8 @@ import torch
 
 from components import layout, tracking
 from components.data.dataset import DataError, Split, load_split
-from components.distributed.inference_jobs import features_job, merge_chunks
+from components.distributed.datasets import ArraySource
+from components.distributed.inference_jobs import features_job, merge_chunks, set_source
 from components.distributed.runner import ClusterUnreachable, StorageError, run_job, run_name
 from components.io import write_json
 from components.metrics.conditional import conditional_accuracy
@@ -57,10 +58,11 @@ def main() -> None:
     generated = np.load(samples_dir / "samples.npz")
     images, labels = generated["images"][: ecfg.num_samples], generated["labels"][: ecfg.num_samples]
     sets = {"samples": images, "ceiling": np.load(samples_dir / "ceiling.npz")["images"]}
-    job = {"checkpoint": classifier_blob, "image_sets": sets, "batch_size": ecfg.batch_size}
+    job = {"checkpoint": classifier_blob, "image_sets": sorted(sets), "batch_size": ecfg.batch_size}
     key = {"name": name, "samples": hashlib.sha256(images.tobytes()).hexdigest(),
            "ceiling": hashlib.sha256(sets["ceiling"].tobytes()).hexdigest()}
-    result = run_job(features_job, job, cfg=cfg.ray, plain=args.plain, name=run_name(f"features-{name}", key))
+    result = run_job(features_job, job, cfg=cfg.ray, plain=args.plain, name=run_name(f"features-{name}", key),
+                     datasets={set_source(k): ArraySource(v) for k, v in sets.items()})
     features = {set_name: merge_chunks(result / set_name) for set_name in sets}
     shutil.rmtree(result, ignore_errors=True)
 

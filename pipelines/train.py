@@ -11,8 +11,9 @@ import shutil
 from pathlib import Path
 
 from components import layout, tracking
-from components.data.dataset import DataError, data_checksum, load_meta, load_split, spec_from_meta
+from components.data.dataset import DataError, data_checksum, load_meta, spec_from_meta
 from components.distributed import runner
+from components.distributed.datasets import loading_job, prepared
 from components.distributed.runner import StorageError, check_storage, run_job, run_name, storage_root
 from components.distributed.train_jobs import HISTORY_FILE, train_job, worker_records
 from components.io import atomic_dir, atomic_path, write_json
@@ -39,7 +40,7 @@ def main() -> None:
     if not args.plain:
         runner.check_cluster(cfg.ray)  # a Ray head that is not there: said in seconds, before anything
 
-    meta, train = load_meta(args.data), load_split(args.data, "train")
+    meta, train = load_meta(args.data), prepared(args.data, "train")  # shards verified, read by the workers
     spec = spec_from_meta(meta)
     if spec.height != cfg.data.image_size:
         raise DataError(f"data is {spec.height}px but data.image_size is {cfg.data.image_size}: re-run fetch")
@@ -47,15 +48,17 @@ def main() -> None:
     tracking.check_reachable(uri)  # before any work: no hour of training lost to a logging failure
     check_storage(storage_root(cfg.ray.storage_path))  # and none to unusable checkpoint storage
 
+    workers = 1 if args.plain else cfg.ray.num_workers
     job_key = {"name": name, "config": mcfg.model_dump(mode="json"), "data": data_checksum(args.data),
-               "workers": cfg.ray.num_workers}
+               "workers": cfg.ray.num_workers, "loading": loading_job(cfg.data.loading, meta, workers)}
     ray_name = run_name(f"train-{name}", job_key)
     run_id = _run_id(cfg, name, mcfg, meta, uri, args.data, ray_name)
-    job = {**job_key, "spec": spec.to_dict(), "images": train.images, "labels": train.labels,
+    job = {**job_key, "spec": spec.to_dict(), "rows": sum(r["rows"] for r in meta["shards"]["train"]),
            "tracking": {"uri": uri, "run_id": run_id, "system_metrics": cfg.mlflow.log_system_metrics},
            "grid_seed": cfg.sample.seed}
     with tracking.StageRun(uri, run_id):  # the model's run: FINISHED once its folder is written, else FAILED
-        result = run_job(train_job, job, cfg=cfg.ray, name=ray_name, plain=args.plain)
+        result = run_job(train_job, job, cfg=cfg.ray, name=ray_name, plain=args.plain,
+                         datasets={"train": train})
         try:
             with atomic_dir(out) as tmp:
                 shutil.copy(result / CHECKPOINT_FILE, tmp / CHECKPOINT_FILE)

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from components.config import GANConfig, VAEConfig
+from components.config import GANConfig, LoadingConfig, VAEConfig
 from components.data.loader import TensorLoader
+from components.distributed.datasets import ArraySource
 from components.distributed.session import LocalSession
 from components.distributed.train_jobs import train_job
 from components.models import build_model
@@ -92,16 +93,20 @@ def test_nan_guard_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(t
 
 
 def job(epochs: int) -> dict:
-    images, labels = data(192)
     config = VAEConfig(epochs=epochs, batch_size=64, hidden_dim=8, latent_dim=4, log_every=1)
-    return {"name": "vae", "config": config.model_dump(mode="json"), "spec": SPEC.to_dict(),
-            "images": images, "labels": labels, "progress": False}
+    return {"name": "vae", "config": config.model_dump(mode="json"), "spec": SPEC.to_dict(), "rows": 192,
+            "loading": {**LoadingConfig().model_dump(), "mode": "memory"}, "progress": False}
+
+
+def session(folder) -> LocalSession:
+    images, labels = data(192)
+    return LocalSession(folder, device="cpu", datasets={"train": ArraySource(images, labels)})
 
 
 def test_plain_train_job_resumes_to_the_uninterrupted_weights(tmp_path):
-    uninterrupted = LocalSession(tmp_path / "a", device="cpu")
+    uninterrupted = session(tmp_path / "a")
     train_job(job(epochs=3), uninterrupted)
-    interrupted = LocalSession(tmp_path / "b", device="cpu")
+    interrupted = session(tmp_path / "b")
     train_job(job(epochs=2), interrupted)  # stops after epoch 2, as if killed there
     history = train_job(job(epochs=3), interrupted)  # re-run: resumes from the epoch-2 checkpoint
     assert [s.epoch for s in history] == [2]

@@ -1,6 +1,7 @@
-"""A data loader that keeps the whole uint8 data set as one tensor on the device.
+"""Data loaders for the training loop: ``TensorLoader`` keeps a uint8 data set as one tensor on
+the device; ``StreamLoader`` turns a stream of uint8 batches (Ray Data) into the same batches.
 
-No per-sample Python, no worker processes: each batch is an index into one tensor,
+TensorLoader: no per-sample Python, no worker processes: each batch is an index into one tensor,
 converted to float [-1, 1] on the device. It shards like ``DistributedSampler``: each epoch
 one permutation from ``(seed, epoch)``, padded to a multiple of the world size, rank ``r``
 takes every ``world_size``-th index, so every rank runs the same number of steps.
@@ -8,7 +9,7 @@ takes every ``world_size``-th index, so every rank runs the same number of steps
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -86,3 +87,42 @@ class TensorLoader:
             # indexing takes a general path); see docs/benchmarks.md.
             images = self.images.index_select(0, idx).float().div_(127.5).sub_(1.0)  # (B, C, H, W) in [-1, 1]
             yield images, self.labels.index_select(0, idx)
+
+
+class StreamLoader:
+    """Iterate ``(images, labels)`` batches like ``TensorLoader`` from uint8 batches read as they are used.
+
+    Args:
+        batches: ``batches(epoch)`` yields dicts with ``image`` uint8 ``(B, C*H*W)`` and ``label``
+            (one epoch, reshuffled by ``epoch``); batches shorter than ``batch_size`` are dropped.
+        rows: rows this rank gets per epoch (every rank the same: the split is even).
+        shape: ``(C, H, W)``.
+        batch_size, device: as for ``TensorLoader``.
+    """
+
+    def __init__(self, batches: Callable[[int], Iterator[dict[str, np.ndarray]]], rows: int, shape: tuple[int, int, int],
+                 batch_size: int, device: torch.device | str = "cpu"):
+        self.batches, self.shape, self.batch_size = batches, shape, batch_size
+        self.device = torch.device(device)
+        self.epoch = 0
+        self.num_batches = rows // batch_size
+        if self.num_batches == 0:
+            raise ValueError(f"{rows} images per worker cannot fill one batch of {batch_size}")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        done = 0
+        for batch in self.batches(self.epoch):  # read to the end: Ray's split starts the next epoch after it
+            if done == self.num_batches or len(batch["image"]) < self.batch_size:
+                continue  # every rank runs the same number of full steps (DDP)
+            # torch.tensor copies: the batch is a read-only view of Arrow buffers
+            images = torch.tensor(batch["image"], device=self.device).view(-1, *self.shape)
+            yield images.float().div_(127.5).sub_(1.0), torch.tensor(batch["label"], device=self.device)  # (B, C, H, W)
+            done += 1
+        if done < self.num_batches:
+            raise RuntimeError(f"the data stream ended after {done} of {self.num_batches} batches")

@@ -95,13 +95,8 @@ def read_split(root: Path, split: str, meta: dict[str, Any]) -> tuple[np.ndarray
     pos = 0
     for record in records:
         path = root / record["file"]
-        try:
-            payload = path.read_bytes()
-        except OSError as exc:
-            raise ShardError(f"{path}: cannot read ({exc.strerror or exc}): {REFETCH}") from None
-        if hashlib.sha256(payload).hexdigest() != record["sha256"]:
-            raise ShardError(f"{path}: checksum mismatch with meta.json ({len(payload)} bytes, expected "
-                             f"{record['bytes']}): truncated or corrupt; {REFETCH}")
+        payload = _read(path)
+        _check(path, payload, record)
         table = pq.read_table(pa.BufferReader(payload))
         if table.num_rows != record["rows"] or table.schema.field("image").type != pa.binary(per_image):
             raise ShardError(f"{path}: {table.num_rows} rows of {table.schema.field('image').type}, meta.json "
@@ -113,9 +108,56 @@ def read_split(root: Path, split: str, meta: dict[str, Any]) -> tuple[np.ndarray
     return images, labels
 
 
+def verify_split(root: Path, split: str, meta: dict[str, Any]) -> list[Path]:
+    """Hash every shard of ``split`` against ``meta`` without decoding it (for readers that read later).
+
+    Returns:
+        The shard files in order.
+
+    Raises:
+        ShardError: naming the file and saying to re-run fetch.
+    """
+    paths = []
+    for record in meta["shards"][split]:
+        path = root / record["file"]
+        _check(path, _read(path), record)
+        paths.append(path)
+    return paths
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ShardError(f"{path}: cannot read ({exc.strerror or exc}): {REFETCH}") from None
+
+
+def _check(path: Path, payload: bytes, record: dict[str, Any]) -> None:
+    if hashlib.sha256(payload).hexdigest() != record["sha256"]:
+        raise ShardError(f"{path}: checksum mismatch with meta.json ({len(payload)} bytes, expected "
+                         f"{record['bytes']}): truncated or corrupt; {REFETCH}")
+
+
+def image_table(images: np.ndarray, **columns: np.ndarray) -> pa.Table:
+    """The shards' row format for in-memory arrays: ``image`` fixed_size_binary + int64 ``columns``."""
+    n = len(images)
+    flat = np.ascontiguousarray(images).reshape(n, -1)
+    pixels = pa.FixedSizeBinaryArray.from_buffers(pa.binary(flat.shape[1]), n, [None, pa.py_buffer(flat.tobytes())])
+    return pa.table({"image": pixels, **{k: pa.array(v, type=pa.int64()) for k, v in columns.items()}})
+
+
+def table_arrays(table: pa.Table, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """A shard-format table as arrays: ``image`` uint8 ``(N, *shape)`` (a view, no copy), other columns int64."""
+    out = {name: table.column(name).to_numpy() for name in table.column_names if name != "image"}
+    out["image"] = _pixels(table.column("image"), int(np.prod(shape))).reshape(-1, *shape)
+    return out
+
+
 def _pixels(column: pa.ChunkedArray, per_image: int) -> np.ndarray:
     """``(N, per_image)`` uint8 view of a fixed_size_binary column's value buffers (no per-row Python)."""
     parts = []
+    if column.num_chunks == 0:
+        return np.empty((0, per_image), dtype=np.uint8)
     for chunk in column.chunks:
         buffer = chunk.buffers()[1]
         parts.append(np.frombuffer(buffer, dtype=np.uint8, count=len(chunk) * per_image,

@@ -28,12 +28,18 @@ def chunk_seed(seed: int, index: int) -> int:
     return (seed * 1_000_003 + index * 7_919 + 1) % (2**63 - 1)
 
 
-def _save_array_chunk(folder: Path, index: int, **arrays: np.ndarray) -> None:
-    np.savez(folder / f"chunk_{index:06d}.npz", **arrays)
+def set_source(name: str) -> str:
+    """The data source name under which an image set to embed reaches the workers."""
+    return f"set-{name}"
+
+
+def _save_array_chunk(folder: Path, name: str, **arrays: np.ndarray) -> None:
+    np.savez(folder / f"chunk_{name}.npz", **arrays)
 
 
 def merge_chunks(folder: str | Path) -> dict[str, np.ndarray]:
-    """Concatenate every ``chunk_*.npz`` in ``folder`` in chunk order."""
+    """Concatenate every ``chunk_*.npz`` in ``folder`` in chunk order, or by their ``index`` rows when
+    they have one (``embed_sets``: ranks read rows in any order); ``index`` is then dropped."""
     files = sorted(Path(folder).glob("chunk_*.npz"))
     if not files:
         raise FileNotFoundError(f"{folder}: no chunks")
@@ -42,7 +48,11 @@ def merge_chunks(folder: str | Path) -> dict[str, np.ndarray]:
         with np.load(f) as npz:
             for key in npz.files:
                 parts.setdefault(key, []).append(npz[key])
-    return {k: np.concatenate(v) for k, v in parts.items()}
+    merged = {k: np.concatenate(v) for k, v in parts.items()}
+    if "index" in merged:
+        order = np.argsort(merged.pop("index"), kind="stable")
+        merged = {k: v[order] for k, v in merged.items()}
+    return merged
 
 
 def _model_from_bytes(blob: bytes, device: torch.device) -> TrainableModel:
@@ -74,12 +84,12 @@ def sample_job(job: dict[str, Any], session: Session) -> None:
                 labels = torch.arange(start, stop, device=session.device) % model.spec.num_classes
                 gen = torch.Generator(device=session.device).manual_seed(chunk_seed(job["seed"] + set_index, j))
                 images = model.sample(stop - start, labels=labels if model.is_conditional else None, generator=gen)
-                _save_array_chunk(out, j, images=images.cpu().numpy(), labels=labels.cpu().numpy())
+                _save_array_chunk(out, f"{j:06d}", images=images.cpu().numpy(), labels=labels.cpu().numpy())
         session.report({"sets": len(job["sets"])}, Path(folder))
 
 
 def features_job(job: dict[str, Any], session: Session) -> None:
-    """Embed named uint8 image sets with the classifier; chunk ``j`` of every set goes to worker ``j % W``.
+    """Embed the uint8 image sources named in ``job["image_sets"]`` with the classifier; each rank its share.
 
     Also stores the classifier's predicted label per image (for conditional accuracy).
     """
@@ -89,19 +99,23 @@ def features_job(job: dict[str, Any], session: Session) -> None:
         session.report({"sets": len(job["image_sets"])}, Path(folder))
 
 
-def embed_sets(model: TrainableModel, image_sets: dict[str, np.ndarray], batch_size: int, session: Session,
+def embed_sets(model: TrainableModel, image_sets: list[str], batch_size: int, session: Session,
                folder: Path) -> None:
-    """Embed each named uint8 set with the classifier ``model``: ``folder/<set>/chunk_*.npz`` holding
-    ``features`` (float64) and ``predicted`` (the classifier's label), this rank's chunks only."""
+    """Embed the named uint8 image sources (``session.dataset(name)``) with the classifier ``model``:
+    ``folder/<set>/chunk_<rank>_<n>.npz`` holding ``features`` (float64), ``predicted`` (the
+    classifier's label) and ``index`` (the rows' place in the set), this rank's rows only."""
     from tqdm.auto import tqdm
 
     model.eval()
-    for set_name, images in sorted(image_sets.items()):
-        chunks = chunk_ranges(len(images), batch_size)
-        mine = [(j, r) for j, r in enumerate(chunks) if j % session.world_size == session.rank]
+    shape = (model.spec.channels, model.spec.height, model.spec.width)
+    for set_name in sorted(image_sets):
         out = folder / set_name
         out.mkdir()
-        for j, (start, stop) in tqdm(mine, desc=f"features {set_name}", disable=session.rank != 0):
-            batch = torch.as_tensor(images[start:stop], device=session.device).float().div(127.5).sub(1.0)
+        batches = session.dataset(set_source(set_name)).batches(batch_size, prefetch=2)
+        for j, rows in enumerate(tqdm(batches, desc=f"features {set_name}", disable=session.rank != 0)):
+            if not len(rows["image"]):
+                continue
+            batch = torch.tensor(rows["image"], device=session.device).view(-1, *shape).float().div(127.5).sub(1.0)
             features, predicted = model.embed_and_predict(batch)
-            _save_array_chunk(out, j, features=features.double().cpu().numpy(), predicted=predicted.cpu().numpy())
+            _save_array_chunk(out, f"{session.rank:03d}_{j:06d}", features=features.double().cpu().numpy(),
+                              predicted=predicted.cpu().numpy(), index=rows["index"])

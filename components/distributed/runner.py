@@ -19,7 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from components.config import RayConfig
+from components.distributed.datasets import Source, ray_datasets
 from components.distributed.session import Session
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -27,6 +31,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION",
                  "GENMODELS_FAULT_AT_STEP", "GENMODELS_FAULT_MARKER", "OMP_NUM_THREADS",
                  "GENMODELS_IMAGE", "GENMODELS_GIT_COMMIT")
+
+MAX_JOB_BYTES = 64 << 20  # a job dict holds settings and model weights (a few MB), never data
 
 
 class ClusterUnreachable(ConnectionError):
@@ -150,13 +156,40 @@ def _ray_entry(job: dict[str, Any], *, body: Callable[[dict[str, Any], Session],
     body(job, RaySession())
 
 
+def check_small(job: dict[str, Any], limit: int = MAX_JOB_BYTES) -> None:
+    """Refuse a job dict that carries data: arrays and tensors go through ``datasets``, not
+    ``train_loop_config`` (Ray pickles it into every worker's task).
+
+    Raises:
+        TypeError: naming the key that holds an array, or saying how big the job is.
+    """
+    import pickle
+
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, np.ndarray) or torch.is_tensor(value):
+            raise TypeError(f"job[{path}] is an array: pass data to run_job's datasets, not in the job")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{path}.{key}" if path else str(key))
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                walk(item, f"{path}[{i}]")
+
+    walk(job, "")
+    size = len(pickle.dumps(job))
+    if size > limit:
+        raise TypeError(f"the job dict is {size} bytes pickled (limit {limit}): pass data through datasets")
+
+
 def run_job(body: Callable[[dict[str, Any], Session], Any], job: dict[str, Any], *, cfg: RayConfig, name: str,
-            plain: bool = False, keep_run: bool = False) -> Path:
+            plain: bool = False, keep_run: bool = False, datasets: dict[str, Source] | None = None) -> Path:
     """Run ``body(job, session)`` and return a local folder holding its final checkpoint.
 
     Args:
         body: a worker body from ``train_jobs.py`` or ``inference_jobs.py``.
-        job: its inputs (arrays included).
+        job: its small inputs (config, names, model weights; no arrays: ``check_small``).
+        datasets: its data, by name; each rank reads its share with ``session.dataset(name)``
+            (Ray Datasets split over the workers, or the whole arrays in ``plain``).
         cfg: Ray settings (workers, GPUs, storage, failures).
         name: the run name; re-running an interrupted job with the same name resumes it.
         plain: run in this process without Ray (debugging; same code path otherwise).
@@ -166,13 +199,14 @@ def run_job(body: Callable[[dict[str, Any], Session], Any], job: dict[str, Any],
     Returns:
         A temporary folder (caller removes it) with the last reported checkpoint's files.
     """
+    check_small(job)
     storage = storage_root(cfg.storage_path)
     out = Path(tempfile.mkdtemp(prefix=f"{name}-result-"))
     if plain:
         from components.distributed.session import LocalSession
 
         root = Path(storage) / name if "://" not in storage else Path(tempfile.mkdtemp(prefix=name))
-        session = LocalSession(root)
+        session = LocalSession(root, datasets=datasets)
         body(job, session)
         with session.latest_checkpoint() as folder:
             shutil.copytree(folder, out, dirs_exist_ok=True)
@@ -187,9 +221,12 @@ def run_job(body: Callable[[dict[str, Any], Session], Any], job: dict[str, Any],
     # Read by the driver and passed on to the Train controller it starts; an explicit environment wins.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(cfg.health_check_interval_s))
     connect(cfg)
+    ray_data, data_config = ray_datasets(datasets or {}, cfg.num_workers)
     trainer = TorchTrainer(
         functools.partial(_ray_entry, body=body),
         train_loop_config=job,
+        datasets=ray_data,
+        dataset_config=data_config,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=dict(cfg.resources_per_worker),
                                      placement_strategy=cfg.placement_strategy),

@@ -16,6 +16,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from components.distributed.datasets import LocalData, RankData, RayShardData, Source
+
 
 class Session(Protocol):
     """What a worker body may ask of where it runs (``LocalSession`` or ``RaySession``)."""
@@ -41,6 +43,10 @@ class Session(Protocol):
         """Overwrite ``module``'s parameters and buffers on every rank with rank 0's, in place."""
         ...
 
+    def dataset(self, name: str) -> RankData:
+        """This rank's share of the job's data source ``name`` (``run_job``'s ``datasets``)."""
+        ...
+
 
 class LocalSession:
     """One process, no Ray: checkpoints go to ``checkpoint_root/<n>/``, the newest is resumed."""
@@ -49,7 +55,9 @@ class LocalSession:
     world_size = 1
     node = "local"
 
-    def __init__(self, checkpoint_root: str | Path | None = None, device: str | torch.device | None = None):
+    def __init__(self, checkpoint_root: str | Path | None = None, device: str | torch.device | None = None,
+                 datasets: dict[str, Source] | None = None):
+        self.datasets = dict(datasets or {})
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.root = Path(checkpoint_root) if checkpoint_root else Path(tempfile.mkdtemp(prefix="local-session-"))
         self.root.mkdir(parents=True, exist_ok=True)
@@ -74,6 +82,11 @@ class LocalSession:
 
     def broadcast(self, module: nn.Module) -> None:
         del module  # one rank: nothing to agree on
+
+    def dataset(self, name: str) -> RankData:
+        if name not in self.datasets:
+            raise KeyError(f"no data source {name!r} in this job (sources: {sorted(self.datasets)})")
+        return LocalData(self.datasets[name])
 
 
 class RaySession:
@@ -119,3 +132,6 @@ class RaySession:
         # state_dict tensors share storage with the module's: BatchNorm running statistics included
         for tensor in module.state_dict().values():
             dist.broadcast(tensor, src=0)
+
+    def dataset(self, name: str) -> RankData:
+        return RayShardData(self._train.get_dataset_shard(name))

@@ -1,7 +1,8 @@
 """Worker bodies that train: a generative model (``train_job``), the classifier (``classifier_job``).
 
-Each takes a plain ``job`` dict (everything a worker needs, arrays included, so no worker
-reads the driver's disk: this works on a multi-node cluster) and a ``Session`` (local or Ray).
+Each takes a small ``job`` dict (config, names; no arrays) and a ``Session`` (local or Ray); the
+data comes from ``session.dataset(name)``: each rank reads its share through Ray Data, so no
+worker reads the driver's disk and this works on a multi-node cluster.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from components.config import model_config_from_dict
-from components.data.loader import TensorLoader
+from components.data.loader import StreamLoader, TensorLoader
 from components.distributed.inference_jobs import embed_sets
 from components.distributed.session import Session
 from components.models import build_model
@@ -103,8 +104,7 @@ def _train(job: dict[str, Any], session: Session) -> tuple[TrainableModel, list[
                 print(f"{job['name']}: resumed from epoch {start_epoch} (step {model.step})", flush=True)
     configure_runtime(model, cfg.precision, cfg.channels_last, cfg.compile)
     model.wrap_networks(session.prepare)
-    loader = TensorLoader(job["images"], job["labels"], cfg.batch_size, session.device, shuffle=True,
-                          seed=cfg.seed, rank=session.rank, world_size=session.world_size)
+    loader = _loader(job, session, model.spec, cfg.batch_size, cfg.seed)
     callbacks: list[Callback] = [HistoryCallback(history, session.world_size), FaultInjection()]
     logger = monitor = None
     if session.rank == 0 and job.get("tracking"):
@@ -130,8 +130,28 @@ def _train(job: dict[str, Any], session: Session) -> tuple[TrainableModel, list[
                 print(f"warning: {len(errors)} MLflow writes failed: {errors[:3]}")
 
 
+def _loader(job: dict[str, Any], session: Session, spec: DataSpec, batch_size: int,
+            seed: int) -> TensorLoader | StreamLoader:
+    """This rank's share of the ``train`` source: once into device memory, or streamed every epoch.
+
+    Each rank trains on its own fixed share, reshuffled every epoch from ``(seed + rank, epoch)``.
+    """
+    data, shape = session.dataset("train"), (spec.channels, spec.height, spec.width)
+    loading = job["loading"]
+    if loading["mode"] == "memory":
+        rows = data.arrays()
+        return TensorLoader(rows["image"].reshape(-1, *shape), rows["label"], batch_size, session.device,
+                            shuffle=True, seed=seed + session.rank)
+
+    def batches(epoch: int):
+        return data.batches(batch_size, prefetch=loading["prefetch_batches"], shuffle_buffer=loading["shuffle_buffer"],
+                            seed=(seed + session.rank) * 7919 + epoch)
+
+    return StreamLoader(batches, job["rows"] // session.world_size, shape, batch_size, session.device)
+
+
 def classifier_job(job: dict[str, Any], session: Session) -> None:
-    """Train the classifier, then embed ``job["image_sets"]`` with it: one Ray job, one start-up.
+    """Train the classifier, then embed the sources named in ``job["image_sets"]``: one Ray job, one start-up.
 
     The final checkpoint holds ``checkpoint.pt`` and one folder of feature chunks per set, as
     ``train_job`` and ``features_job`` would have written them. Every rank embeds with rank 0's

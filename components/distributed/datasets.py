@@ -1,0 +1,194 @@
+"""What a job reads, and how each rank gets its share: Ray Datasets (``TorchTrainer(datasets=...)``)
+under Ray, plain arrays in ``--plain``. No data travels in the job dict (``train_loop_config``).
+
+A source is either rows of the prepared data (``PreparedSource``: the fetch stage's Parquet shards)
+or arrays the driver holds (``ArraySource``: image sets to embed). Under Ray, the driver, which
+has the files, puts them into Ray's object store block by block, and each rank, on any node,
+fetches only the blocks of its share from there. Splits are deterministic:
+``preserve_order`` makes ``streaming_split`` assign the same rows to the same rank every run.
+
+Each rank sees a ``RankData`` (``Session.dataset(name)``): its rows as arrays (``arrays``), or
+as a stream of batches (``batches``). Images are flat uint8 rows here; callers reshape them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from components.config import LoadingConfig
+from components.data.dataset import DataError, load_meta
+from components.data.shards import ShardError, image_table, table_arrays, verify_split
+
+ROWS_PER_BLOCK = 256  # rows per Ray Data block: the granularity of the split over the ranks
+PAD = -1  # ArraySource's ``index`` of the rows that pad a set to a multiple of the world size
+
+
+class RankData(Protocol):
+    """One rank's share of a named source."""
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every row of this rank's share at once: ``image`` uint8 ``(N, C*H*W)`` and int64 columns."""
+        ...
+
+    def batches(self, batch_size: int, *, prefetch: int = 1, shuffle_buffer: int | None = None,
+                seed: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """This rank's rows in batches (the last one may be short), read as they are used."""
+        ...
+
+
+@dataclass(frozen=True)
+class PreparedSource:
+    """A split of the fetch stage's output: the shard files (verified by the caller) in order."""
+
+    files: tuple[str, ...]  # absolute paths
+
+    def table(self) -> pa.Table:
+        return pa.concat_tables([pq.read_table(f) for f in self.files]) if self.files else _empty()
+
+    def ray_dataset(self, world_size: int) -> Any:
+        """One block per shard, put into Ray's object store by this (the driver's) process.
+
+        Blocks of ``ROWS_PER_BLOCK`` rows are dealt to the ranks in turn, so every rank's share
+        spans the whole split (class-sorted data gives each rank every class).
+        Not ``read_parquet("local://...")``: its file listing needs a free CPU, and the train
+        workers hold every CPU of a small cluster (2 workers on 2 CPUs), so it would wait forever.
+        Ray spills blocks beyond the object store's size to disk; ranks fetch only their own.
+        """
+        import ray
+        import ray.data
+
+        del world_size  # streaming_split(equal=True) evens the ranks out, dropping at most W - 1 rows
+        refs = []
+        for f in self.files:  # one shard in this process' memory at a time
+            table = pq.read_table(f, columns=["image", "label"])
+            refs += [ray.put(table.slice(s, ROWS_PER_BLOCK)) for s in range(0, len(table), ROWS_PER_BLOCK)]
+        return ray.data.from_arrow_refs(refs)
+
+
+@dataclass(frozen=True)
+class ArraySource:
+    """Images the driver holds (generated samples, reference sets), with their row ``index``.
+
+    Under Ray they are padded to a multiple of the world size (``index`` = ``PAD``) so that the
+    even split Ray Train makes loses no row; ``rank_rows`` drops the padding again.
+    """
+
+    images: np.ndarray  # uint8 (N, C, H, W)
+    labels: np.ndarray | None = None  # int (N,): a ``label`` column too
+
+    def table(self) -> pa.Table:
+        return self._table(self.images, np.arange(len(self.images)), self.labels)
+
+    def _table(self, images: np.ndarray, index: np.ndarray, labels: np.ndarray | None) -> pa.Table:
+        return image_table(images, index=index, **({} if labels is None else {"label": labels}))
+
+    def ray_dataset(self, world_size: int) -> Any:
+        import ray.data
+
+        n = len(self.images)
+        pad = -n % world_size
+        take = np.concatenate([np.arange(n), np.arange(pad) % max(n, 1)])
+        index = np.concatenate([np.arange(n), np.full(pad, PAD)])
+        table = self._table(self.images[take], index, None if self.labels is None else self.labels[take])
+        blocks = [table.slice(s, ROWS_PER_BLOCK) for s in range(0, len(table), ROWS_PER_BLOCK)] or [table]
+        return ray.data.from_arrow(blocks)
+
+
+Source = PreparedSource | ArraySource
+
+
+def prepared(data_dir: str | Path, split: str) -> PreparedSource:
+    """``split`` of the fetch stage's output as a source, every shard verified against ``meta.json`` first.
+
+    Raises:
+        DataError: one line naming the missing, truncated or corrupt file and saying to re-run fetch.
+    """
+    meta = load_meta(data_dir)
+    try:
+        files = verify_split(Path(data_dir), split, meta)
+    except ShardError as exc:
+        raise DataError(str(exc)) from None
+    return PreparedSource(tuple(str(f.resolve()) for f in files))
+
+
+def loading_job(cfg: LoadingConfig, meta: dict, world_size: int, split: str = "train") -> dict[str, Any]:
+    """The job's ``loading`` entry: ``cfg`` with ``mode`` resolved (``auto`` by the size of a rank's share)."""
+    pixel_bytes = sum(r["rows"] for r in meta["shards"][split]) * int(np.prod(meta["shape"]))
+    return {**cfg.model_dump(mode="json"), "mode": cfg.resolve(pixel_bytes, world_size)}
+
+
+def rank_rows(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Rows without an ArraySource's padding."""
+    if "index" not in rows:
+        return rows
+    keep = rows["index"] != PAD
+    return rows if keep.all() else {k: v[keep] for k, v in rows.items()}
+
+
+def flat_arrays(table: pa.Table) -> dict[str, np.ndarray]:
+    """A shard-format table as arrays, ``image`` flat ``(N, C*H*W)``."""
+    width = table.schema.field("image").type.byte_width
+    return table_arrays(table, (width,))
+
+
+class LocalData:
+    """``RankData`` of a one-process run: the whole source, read once."""
+
+    def __init__(self, source: Source):
+        self.source = source
+        self._rows: dict[str, np.ndarray] | None = None
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        if self._rows is None:
+            self._rows = flat_arrays(self.source.table())
+        return self._rows
+
+    def batches(self, batch_size: int, *, prefetch: int = 1, shuffle_buffer: int | None = None,
+                seed: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+        rows = self.arrays()
+        order = np.arange(len(rows["image"]))
+        if shuffle_buffer:
+            order = np.random.default_rng(seed).permutation(order)
+        for start in range(0, len(order), batch_size):
+            take = order[start : start + batch_size]
+            yield {k: v[take] for k, v in rows.items()}
+
+
+class RayShardData:
+    """``RankData`` of a Ray Train worker: ``ray.train.get_dataset_shard(name)``."""
+
+    def __init__(self, iterator: Any):
+        self.iterator = iterator
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        tables = list(self.iterator.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2))
+        table = pa.concat_tables(tables) if tables else _empty()
+        return {k: np.array(v) for k, v in rank_rows(flat_arrays(table)).items()}  # own copies: blocks are read-only
+
+    def batches(self, batch_size: int, *, prefetch: int = 1, shuffle_buffer: int | None = None,
+                seed: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+        for table in self.iterator.iter_batches(batch_size=batch_size, batch_format="pyarrow",
+                                                prefetch_batches=prefetch, local_shuffle_buffer_size=shuffle_buffer,
+                                                local_shuffle_seed=seed if shuffle_buffer else None):
+            yield rank_rows(flat_arrays(table))
+
+
+def ray_datasets(sources: dict[str, Source], world_size: int) -> tuple[dict[str, Any], Any]:
+    """``TorchTrainer``'s ``datasets`` and ``dataset_config`` for ``sources``: every one split
+    over the ranks, in a fixed order (the same rows reach the same rank every run)."""
+    from ray.data import ExecutionOptions
+    from ray.train import DataConfig
+
+    datasets = {name: source.ray_dataset(world_size) for name, source in sources.items()}
+    return datasets, DataConfig(datasets_to_split="all", execution_options=ExecutionOptions(preserve_order=True))
+
+
+def _empty() -> pa.Table:
+    return pa.table({"image": pa.array([], type=pa.binary(1)), "label": pa.array([], type=pa.int64())})

@@ -1,0 +1,95 @@
+"""Data reaches the workers through Ray Data (``TorchTrainer(datasets=...)``), never in the job dict."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from project import make_project, read_json, run_stage
+from servers import WORKER_IP, ray_node
+
+from components.config import LoadingConfig
+from components.data.dataset import DataError, load_split
+from components.distributed.datasets import ArraySource, LocalData, prepared
+from components.distributed.inference_jobs import merge_chunks
+from components.distributed.runner import check_small
+
+
+def test_job_dict_with_an_array_is_refused() -> None:
+    check_small({"config": {"lr": 1e-3}, "checkpoint": b"weights", "image_sets": ["samples"]})
+    with pytest.raises(TypeError, match=r"job\[sets.samples\] is an array"):
+        check_small({"sets": {"samples": np.zeros((2, 1, 28, 28), np.uint8)}})
+    with pytest.raises(TypeError, match="bytes pickled"):
+        check_small({"blob": b"x" * 2000}, limit=1000)
+
+
+def test_auto_loading_keeps_a_share_in_memory_up_to_the_bound() -> None:
+    cfg = LoadingConfig(memory_limit_mb=1)
+    assert cfg.resolve(2 << 20, world_size=2) == "memory"
+    assert cfg.resolve(3 << 20, world_size=2) == "stream"
+    assert LoadingConfig(mode="stream").resolve(10, 1) == "stream"
+
+
+def test_prepared_source_is_the_verified_split(tmp_path) -> None:
+    project = make_project(tmp_path / "p")
+    data = project / "data" / "prepared"
+    rows = LocalData(prepared(data, "train")).arrays()
+    want = load_split(data, "train")
+    np.testing.assert_array_equal(rows["image"].reshape(want.images.shape), want.images)
+    np.testing.assert_array_equal(rows["label"], want.labels)
+    shard = next((data / "train").glob("*.parquet"))
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(DataError, match=f"{shard}: checksum mismatch.*re-run"):
+        prepared(data, "train")
+
+
+def test_merge_orders_chunks_by_index(tmp_path) -> None:
+    np.savez(tmp_path / "chunk_001_000000.npz", features=np.array([[1.0], [3.0]]), index=np.array([1, 3]))
+    np.savez(tmp_path / "chunk_000_000000.npz", features=np.array([[2.0], [0.0]]), index=np.array([2, 0]))
+    merged = merge_chunks(tmp_path)
+    assert set(merged) == {"features"}
+    np.testing.assert_array_equal(merged["features"][:, 0], [0.0, 1.0, 2.0, 3.0])
+
+
+def test_array_source_rows_in_plain_mode() -> None:
+    images = np.arange(5 * 4, dtype=np.uint8).reshape(5, 1, 2, 2)
+    rows = LocalData(ArraySource(images, np.arange(5) % 2)).arrays()
+    np.testing.assert_array_equal(rows["image"], images.reshape(5, 4))
+    np.testing.assert_array_equal(rows["index"], np.arange(5))
+    batches = list(LocalData(ArraySource(images)).batches(2))
+    assert [len(b["image"]) for b in batches] == [2, 2, 1]
+
+
+@pytest.fixture(scope="module")
+def ray_address(tmp_path_factory):
+    with ray_node(tmp_path_factory.mktemp("ray"), num_cpus=2) as address:
+        yield address
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["memory", "stream"])
+def test_two_workers_twice_give_identical_weights_and_losses(tmp_path, ray_address, mode) -> None:
+    runs = []
+    for attempt in ("a", "b"):
+        project = make_project(tmp_path / attempt, {"data": {"loading": {"mode": mode}}})
+        run_stage(project, "train", "--model", "gan", env={"RAY_ADDRESS": ray_address})
+        runs.append(project / "models" / "gan")
+    a, b = (read_json(r / "workers.json") for r in runs)
+    assert a == b and len(a) == 2 and a[0]["weights"] == a[1]["weights"]
+    assert {w["step"] for w in a} == {2 * (512 // 2 // 64)}  # every rank trained on its 256 images
+    losses = [[row for row in read_json(r / "history.json") if "epoch" not in row] for r in runs]
+    assert losses[0] == losses[1]
+
+
+@pytest.mark.slow
+def test_a_rank_on_a_second_node_gets_its_share(tmp_path) -> None:
+    """Two nodes, one worker each; the shards are read with ``local://`` on the driver's node
+    (the head's), and the worker on the other node trains on its share from the object store."""
+    with ray_node(tmp_path, num_cpus=1) as head, ray_node(tmp_path, num_cpus=1, head_address=head, node_ip=WORKER_IP):
+        project = make_project(tmp_path / "p", {"ray": {"placement_strategy": "SPREAD"}})
+        run_stage(project, "train", "--model", "gan", env={"RAY_ADDRESS": head})
+        run_stage(project, "classifier", env={"RAY_ADDRESS": head})
+    workers = read_json(project / "models" / "gan" / "workers.json")
+    assert len({w["node"] for w in workers}) == 2 and workers[0]["weights"] == workers[1]["weights"]
+    assert {w["step"] for w in workers} == {2 * (512 // 2 // 64)}
+    reference = np.load(project / "models" / "classifier" / "reference.npz")
+    assert len(reference["test_features"]) == len(reference["train_features"]) == 200  # both ranks' rows, merged
