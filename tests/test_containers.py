@@ -192,10 +192,24 @@ FAULTS: dict[str, str] = {}  # results shared by the fault tests: the uninterrup
 
 
 @pytest.fixture(scope="module")
-def long_gan(cluster: dict[str, str]) -> dict[str, str]:
+def long_workspace(cluster: dict[str, str]) -> dict[str, str]:
     """The cluster with a second run folder (LONG) whose GAN trains for LONG_EPOCHS epochs."""
     in_head(cluster, LONG_SETUP, timeout=600)
     return cluster
+
+
+@pytest.fixture
+def long_gan(long_workspace: dict[str, str]) -> Iterator[dict[str, str]]:
+    """LONG without unfinished GAN runs (checkpoints in S3, MLflow run markers) before and after."""
+    def forget() -> None:
+        client = s3(long_workspace)
+        for obj in client.list_objects_v2(Bucket="genmodels", Prefix="ray/train-gan-").get("Contents", []):
+            client.delete_object(Bucket="genmodels", Key=obj["Key"])
+        in_head(long_workspace, f"rm -rf {LONG}/ray_results/.mlflow_runs")
+
+    forget()
+    yield long_workspace
+    forget()
 
 
 def s3(env: dict[str, str]):
@@ -295,8 +309,8 @@ def test_a_killed_worker_container_is_replaced_and_training_resumes_from_its_che
     compose(long_gan, "start", "ray-worker-2")
     out = finish(proc, 600)
     assert proc.returncode == 0, out[-3000:]
-    print(f"\nfault worker-kill: kill -> stage end {time.monotonic() - killed:.0f} s")
     resumed = RESUMED.findall(out)
+    print(f"\nfault worker-kill: kill -> stage end {time.monotonic() - killed:.0f} s, resumed {resumed[-1:]}")
     assert resumed and 1 <= int(resumed[-1][0]) < LONG_EPOCHS, out[-3000:]  # from a checkpoint, not from scratch
     records = json.loads(in_head(long_gan, f"cat {LONG}/runs/killed/gan/workers.json"))
     assert records[0]["step"] > int(resumed[-1][1])
@@ -307,6 +321,61 @@ def test_a_killed_worker_container_is_replaced_and_training_resumes_from_its_che
     assert steps and int(steps[0][0]) < int(resumed[-1][1]) < int(steps[0][1])  # epochs before and after the kill
     reference = FAULTS.get("reference") or json.loads(in_head(long_gan, f"cat {LONG}/runs/reference/gan/workers.json"))[0]["weights"]
     assert {r["weights"] for r in records} == {reference}
+
+
+def test_a_driver_killed_mid_stage_resumes_on_the_next_repro(long_gan: dict[str, str]) -> None:
+    """SIGKILL of `dvc repro` and its stage (one process group, in the head container) after a
+    checkpoint is registered; `dvc repro` again resumes the same Ray run into the same MLflow run,
+    and DVC's outputs were never half-written (absent until the stage completes). No run cache:
+    it would restore an earlier complete run of the same stage (when this test is re-run) instead."""
+    repro = (f"cd {LONG} && export RAY_ADDRESS=auto && "
+             "setsid bash -c 'echo $$ >/tmp/driver.pid; exec dvc repro --no-run-cache train@gan' & wait")
+    proc = start_in_head(long_gan, repro)
+    key = wait_for_checkpoint(long_gan, proc)
+    ray_run = key.split("/")[1]
+    in_head(long_gan, "kill -9 -- -$(cat /tmp/driver.pid)")  # the session: dvc, its shell, the stage
+    killed = time.monotonic()
+    finish(proc, 60)
+    left = in_head(long_gan, f"cd {LONG} && ls models/gan 2>/dev/null || true; cat ray_results/.mlflow_runs/{ray_run}")
+    *outputs, run_id = left.split()
+    assert outputs == [], outputs  # nothing of the stage's output folder before it completes
+    status = in_head(long_gan, f"cd {LONG} && dvc status train@gan")
+    assert re.search(r"deleted: +models/gan\n", status), status  # DVC knows the stage must run again
+    rerun = start_in_head(long_gan, f"cd {LONG} && export RAY_ADDRESS=auto && dvc repro --no-run-cache train@gan")
+    out = finish(rerun, 600)
+    assert rerun.returncode == 0, out[-3000:]
+    resumed = RESUMED.findall(out)
+    print(f"\nfault driver-kill: kill -> repro end {time.monotonic() - killed:.0f} s, resumed {resumed[-1:]}")
+    assert resumed and int(resumed[-1][0]) >= 1, out[-3000:]
+    assert json.loads(in_head(long_gan, f"cat {LONG}/models/gan/mlflow_run.json"))["run_id"] == run_id
+    assert sql(long_gan, f"select status from runs where run_uuid = '{run_id}'") == [["FINISHED"]]
+    assert "up to date" in in_head(long_gan, f"cd {LONG} && dvc status train@gan")
+
+
+def test_a_worker_cut_off_the_network_is_named_within_a_bounded_time(long_gan: dict[str, str]) -> None:
+    """`docker network disconnect` of a worker container mid-training: the stage recovers or fails,
+    naming the lost node, within CUT_BOUND_S (Ray marks a silent node dead after its health checks;
+    the Train controller then restarts or gives up) and never hangs; reconnected afterwards."""
+    bound_s = 420
+    proc = start_in_head(long_gan, train_long("cut"))
+    wait_for_checkpoint(long_gan, proc)
+    container = compose(long_gan, "ps", "-q", "ray-worker-1").stdout.strip()
+    network = f"{long_gan['COMPOSE_PROJECT_NAME']}_genmodels"
+    ip = sh(["docker", "inspect", "-f", f'{{{{(index .NetworkSettings.Networks "{network}").IPAddress}}}}', container],
+            env=long_gan).stdout.strip()
+    cut = time.monotonic()
+    sh(["docker", "network", "disconnect", network, container], env=long_gan)
+    try:
+        out = finish(proc, bound_s)
+    finally:
+        sh(["docker", "network", "connect", network, container], env=long_gan, check=False)
+    ended = time.monotonic() - cut
+    compose(long_gan, "up", "-d", "--wait", "ray-worker-1")
+    print(f"\nfault network-cut: cut -> stage end {ended:.0f} s, exit {proc.returncode}\n{out[-1500:]}")
+    if proc.returncode == 0:
+        assert RESUMED.search(out), out[-3000:]
+    else:
+        assert ip in out.strip().splitlines()[-1], out[-3000:]
 
 
 def test_a_driver_pointed_at_a_dead_head_fails_in_seconds(cluster: dict[str, str]) -> None:
