@@ -515,9 +515,12 @@ def test_local_stack_starts_serves_and_stops(stack_env: dict[str, str]) -> None:
     uri = exported["MLFLOW_TRACKING_URI"]
     with urllib.request.urlopen(f"{uri}/health", timeout=5) as resp:
         assert resp.status == 200
-    client = mlflow.MlflowClient(uri)
-    run = client.create_run(client.create_experiment("stack-test"))
-    client.log_text(run.info.run_id, "hello", "note.txt")  # proxied by the server into S3
+    with pytest.MonkeyPatch.context() as mp:  # the stack's MLflow has basic auth: the credentials `env` exports
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            mp.setenv(key, exported[key])
+        client = mlflow.MlflowClient(uri)
+        run = client.create_run(client.create_experiment("stack-test"))
+        client.log_text(run.info.run_id, "hello", "note.txt")  # proxied by the server into S3
     keys = [o["Key"] for o in s3.client().list_objects_v2(Bucket="mlflow").get("Contents", [])]
     assert any(k.startswith("artifacts/") and k.endswith(f"{run.info.run_id}/artifacts/note.txt") for k in keys)
 
