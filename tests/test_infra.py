@@ -394,6 +394,15 @@ def test_rayjob_and_its_cluster_spec_match_the_kuberay_crds(overlay: str) -> Non
     assert check_custom_resource(raycluster, crd_schema("ray.io_rayclusters.yaml")) == []
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_ray_head_pod_knows_its_pinned_image(overlay: str) -> None:
+    """GENMODELS_IMAGE (the MLflow tag `image`) is what kustomize's `images:` resolved, not a name."""
+    (rayjob,) = of_kind(rendered(overlay), "RayJob")
+    (head,) = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"]
+    assert {e["name"]: e.get("value") for e in head["env"]}["GENMODELS_IMAGE"] == head["image"]
+    assert PINNED.match(head["image"])
+
+
 def test_crd_check_catches_typos_and_wrong_types() -> None:
     (rayjob,) = of_kind(rendered("gpu"), "RayJob")
     schema = crd_schema("ray.io_rayjobs.yaml")
