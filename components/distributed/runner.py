@@ -214,7 +214,11 @@ def run_job(body: Callable[[dict[str, Any], Session], Any], job: dict[str, Any],
     try:
         result = trainer.fit()
     except Exception as exc:  # Ray's TrainingFailedError and kin: say which nodes went away
-        lost = [where for node, where in before.items() if node not in _alive_nodes()]
+        try:
+            alive = _alive_nodes()
+        except Exception:  # noqa: BLE001 - the head itself is gone: every node counts as lost
+            alive = {}
+        lost = [where for node, where in before.items() if node not in alive]
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise JobFailed(f"Ray job {name} failed; nodes lost during it: {', '.join(lost) or 'none'}; "
                         f"{type(exc).__name__}: {reason}") from exc
