@@ -107,4 +107,4 @@ def _run_marker(cfg, ray_name: str) -> Path:
 
 
 if __name__ == "__main__":
-    run_main(main, runner.ClusterUnreachable, StorageError, DataError, tracking.TrackingError, FileNotFoundError)
+    run_main(main, runner.ClusterUnreachable, runner.JobFailed, StorageError, DataError, tracking.TrackingError, FileNotFoundError)

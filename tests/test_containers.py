@@ -12,6 +12,7 @@ import json
 import os
 import re
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -164,6 +165,235 @@ def test_smoke_stages_run_their_ranks_on_both_worker_containers(cluster: dict[st
     artifacts = [o["Key"] for o in s3.list_objects_v2(Bucket="mlflow").get("Contents", [])]
     assert any(k.endswith("/artifacts/loss.png") for k in artifacts), artifacts[:20]
     assert s3.list_objects_v2(Bucket="dvc", Prefix="store/").get("KeyCount", 0) > 0  # dvc push reached the remote
+
+
+# ---------------------------------------------------------------------------------------------
+# faults: one longer GAN job (smoke data, LONG_EPOCHS epochs, a checkpoint every epoch), run once
+# per fault; the MLflow-outage run is the uninterrupted reference for the worker kill
+# ---------------------------------------------------------------------------------------------
+
+LONG, LONG_EPOCHS = "/workspace/long", 24
+LONG_SETUP = f"""\
+rm -rf /tmp/long && cp -a /app /tmp/long
+python - <<'PY'
+import yaml
+path = "/tmp/long/profiles/smoke.yaml"
+smoke = yaml.safe_load(open(path))
+smoke["ray"] = {{**smoke.get("ray", {{}}), "num_workers": 2, "placement_strategy": "SPREAD",
+                "storage_path": "s3://genmodels/ray", "max_failures": 2}}
+smoke["mlflow"] = {{"log_system_metrics": False}}
+smoke["families"]["gan"].update(epochs={LONG_EPOCHS}, checkpoint_every=1, image_every={LONG_EPOCHS})
+open(path, "w").write(yaml.safe_dump(smoke, sort_keys=False))
+PY
+PIPELINE_SOURCE=/tmp/long PIPELINE_PROFILE=smoke WORKSPACE={LONG} infra/run-pipeline fetch >&2
+"""
+RESUMED = re.compile(r"gan: resumed from epoch (\d+) \(step (\d+)\)")
+FAULTS: dict[str, str] = {}  # results shared by the fault tests: the uninterrupted run's weights
+
+
+@pytest.fixture(scope="module")
+def long_workspace(cluster: dict[str, str]) -> dict[str, str]:
+    """The cluster with a second run folder (LONG) whose GAN trains for LONG_EPOCHS epochs."""
+    in_head(cluster, LONG_SETUP, timeout=600)
+    return cluster
+
+
+@pytest.fixture
+def long_gan(long_workspace: dict[str, str]) -> Iterator[dict[str, str]]:
+    """LONG without unfinished GAN runs (checkpoints in S3, MLflow run markers) before and after."""
+    def forget() -> None:
+        client = s3(long_workspace)
+        for obj in client.list_objects_v2(Bucket="genmodels", Prefix="ray/train-gan-").get("Contents", []):
+            client.delete_object(Bucket="genmodels", Key=obj["Key"])
+        in_head(long_workspace, f"rm -rf {LONG}/ray_results/.mlflow_runs")
+
+    forget()
+    yield long_workspace
+    forget()
+
+
+def s3(env: dict[str, str]):
+    return S3Server(env["AWS_ENDPOINT_URL"], env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]).client()
+
+
+def start_in_head(env: dict[str, str], script: str) -> subprocess.Popen[str]:
+    """Start a bash script in the head container, in a session of its own whose id is in
+    /tmp/job.pid there (``finish`` kills it on a timeout); its stdout and stderr together, as text."""
+    argv = [CLUSTER, "exec", "-T", "ray-head", "bash", "-c",
+            'setsid bash -euo pipefail -c "$0" & echo $! >/tmp/job.pid; wait $!', script]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    proc.env = env  # type: ignore[attr-defined]
+    return proc
+
+
+def train_long(tag: str) -> str:
+    """The script training the long GAN into LONG/runs/TAG/ (not a DVC stage: no DVC state)."""
+    return (f"cd {LONG} && export RAY_ADDRESS=auto && "
+            f"python -m pipelines.train --model gan --out runs/{tag}/gan --plot runs/{tag}/gan.csv")
+
+
+def wait_for_checkpoint(env: dict[str, str], proc: subprocess.Popen[str], timeout_s: float = 300) -> str:
+    """Block until Ray Train has registered a checkpoint of a train-gan run; returns the snapshot key.
+
+    Ray Train 2 writes ``<storage>/<run>/checkpoint_manager_snapshot.json`` once a reported
+    checkpoint is fully uploaded and registered: from then on a restarted worker group resumes.
+    """
+    client, deadline = s3(env), time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        keys = [o["Key"] for o in client.list_objects_v2(Bucket="genmodels", Prefix="ray/train-gan-").get("Contents", [])]
+        snapshots = [k for k in keys if k.endswith("/checkpoint_manager_snapshot.json")]
+        if snapshots:
+            return snapshots[0]
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended before its first checkpoint:\n{proc.stdout.read()[-3000:]}")
+        time.sleep(0.5)
+    raise AssertionError(f"no checkpoint within {timeout_s} s")
+
+
+def finish(proc: subprocess.Popen[str], timeout_s: float) -> str:
+    """Its output once it has ended; after ``timeout_s`` it is killed (in the head too) and the test fails."""
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        compose(proc.env, "exec", "-T", "ray-head", "bash", "-c", "kill -9 -- -$(cat /tmp/job.pid)", check=False)
+        os.killpg(proc.pid, 9)
+        out = proc.communicate(timeout=30)[0]
+        raise AssertionError(f"still running after {timeout_s} s:\n{out[-3000:]}") from None
+    return out
+
+
+def wait_healthy(env: dict[str, str], container: str, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state = sh(["docker", "inspect", "-f", "{{.State.Status}} {{.State.Health.Status}}", container], env=env).stdout
+        if state.split() == ["running", "healthy"]:
+            return
+        time.sleep(2)
+    raise AssertionError(f"{container} not healthy within {timeout_s} s: {state}")
+
+
+def sql(env: dict[str, str], query: str) -> list[list[str]]:
+    out = compose(env, "exec", "-T", "postgres", "psql", "-h", "/tmp", "-U", "mlflow", "-d", "mlflow", "-Atc", query).stdout
+    return [line.split("|") for line in out.splitlines() if line]
+
+
+def latest_checkpoint(env: dict[str, str], key: str) -> str:
+    snapshot = json.loads(s3(env).get_object(Bucket="genmodels", Key=key)["Body"].read())
+    return snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
+
+
+def test_training_goes_on_while_mlflow_is_stopped_and_its_metrics_arrive_later(long_gan: dict[str, str]) -> None:
+    """MLflow stopped for OUTAGE_S mid-training: checkpoints go on meanwhile, every loss point logged
+    during the outage is in PostgreSQL afterwards (the client retries), no loss is reported."""
+    outage_s = 25
+    proc = start_in_head(long_gan, train_long("reference"))
+    key = wait_for_checkpoint(long_gan, proc)
+    before = latest_checkpoint(long_gan, key)
+    stopped = time.time()
+    compose(long_gan, "stop", "--timeout", "5", "mlflow")
+    time.sleep(outage_s)
+    during = latest_checkpoint(long_gan, key)
+    compose(long_gan, "start", "mlflow")
+    compose(long_gan, "up", "-d", "--wait", "mlflow")
+    back = time.time()
+    out = finish(proc, 600)
+    assert proc.returncode == 0, out[-3000:]
+    assert during != before  # training went on while the server was down
+    print(f"\nfault mlflow-outage: stopped {back - stopped:.0f} s, stage ended {time.time() - back:.0f} s after restart")
+    run = json.loads(in_head(long_gan, f"cat {LONG}/runs/reference/gan/mlflow_run.json"))
+    history = json.loads(in_head(long_gan, f"cat {LONG}/runs/reference/gan/history.json"))
+    loss_key = next(k for k in history[0] if k != "step")
+    logged = sorted(h["step"] for h in history if loss_key in h)
+    rows = sql(long_gan, f"select step, timestamp from metrics where run_uuid = '{run['run_id']}' "
+                         f"and key = 'train/{loss_key}' order by step")
+    assert sorted(int(step) for step, _ in rows) == logged  # every point, none twice
+    in_outage = [s for s, ts in rows if stopped * 1000 < int(ts) < back * 1000]
+    assert in_outage, "no loss was logged while the server was down: the outage missed training"
+    assert not sql(long_gan, f"select value from tags where run_uuid = '{run['run_id']}' and key = 'tracking.lost_writes'")
+    FAULTS["reference"] = json.loads(in_head(long_gan, f"cat {LONG}/runs/reference/gan/workers.json"))[0]["weights"]
+
+
+def test_a_killed_worker_container_is_replaced_and_training_resumes_from_its_checkpoint(long_gan: dict[str, str]) -> None:
+    """`docker kill` of a worker container after a checkpoint is registered, then `docker start`:
+    FailureConfig restarts the worker group, which resumes from that checkpoint, logs into the same
+    MLflow run, and ends with the weights of the uninterrupted run (resuming at an epoch boundary
+    replays the same batches: the loader's order depends on (seed, rank, epoch) only)."""
+    started = time.time()
+    proc = start_in_head(long_gan, train_long("killed"))
+    wait_for_checkpoint(long_gan, proc)
+    killed = time.monotonic()
+    compose(long_gan, "kill", "ray-worker-2")
+    compose(long_gan, "start", "ray-worker-2")
+    out = finish(proc, 600)
+    assert proc.returncode == 0, out[-3000:]
+    resumed = RESUMED.findall(out)
+    print(f"\nfault worker-kill: kill -> stage end {time.monotonic() - killed:.0f} s, resumed {resumed[-1:]}")
+    assert resumed and 1 <= int(resumed[-1][0]) < LONG_EPOCHS, out[-3000:]  # from a checkpoint, not from scratch
+    records = json.loads(in_head(long_gan, f"cat {LONG}/runs/killed/gan/workers.json"))
+    assert records[0]["step"] > int(resumed[-1][1])
+    run = json.loads(in_head(long_gan, f"cat {LONG}/runs/killed/gan/mlflow_run.json"))
+    runs = sql(long_gan, f"select run_uuid, status from runs where name = 'gan' and start_time >= {int(started * 1000)}")
+    assert runs == [[run["run_id"], "FINISHED"]]  # one run, re-used by the restarted workers
+    steps = sql(long_gan, f"select min(step), max(step) from metrics where run_uuid = '{run['run_id']}' and key = 'train/epoch'")
+    assert steps and int(steps[0][0]) < int(resumed[-1][1]) < int(steps[0][1])  # epochs before and after the kill
+    reference = FAULTS.get("reference") or json.loads(in_head(long_gan, f"cat {LONG}/runs/reference/gan/workers.json"))[0]["weights"]
+    assert {r["weights"] for r in records} == {reference}
+
+
+def test_a_driver_killed_mid_stage_resumes_on_the_next_repro(long_gan: dict[str, str]) -> None:
+    """SIGKILL of `dvc repro` and its stage (one process group, in the head container) after a
+    checkpoint is registered; `dvc repro` again resumes the same Ray run into the same MLflow run,
+    and DVC's outputs were never half-written (absent until the stage completes). No run cache:
+    it would restore an earlier complete run of the same stage (when this test is re-run) instead."""
+    proc = start_in_head(long_gan, f"cd {LONG} && export RAY_ADDRESS=auto && dvc repro --no-run-cache train@gan")
+    key = wait_for_checkpoint(long_gan, proc)
+    ray_run = key.split("/")[1]
+    in_head(long_gan, "kill -9 -- -$(cat /tmp/job.pid)")  # the session: dvc, its shell, the stage
+    killed = time.monotonic()
+    finish(proc, 60)
+    left = in_head(long_gan, f"cd {LONG} && ls models/gan 2>/dev/null || true; cat ray_results/.mlflow_runs/{ray_run}")
+    *outputs, run_id = left.split()
+    assert outputs == [], outputs  # nothing of the stage's output folder before it completes
+    status = in_head(long_gan, f"cd {LONG} && dvc status train@gan")
+    assert re.search(r"deleted: +models/gan\n", status), status  # DVC knows the stage must run again
+    rerun = start_in_head(long_gan, f"cd {LONG} && export RAY_ADDRESS=auto && dvc repro --no-run-cache train@gan")
+    out = finish(rerun, 600)
+    assert rerun.returncode == 0, out[-3000:]
+    resumed = RESUMED.findall(out)
+    print(f"\nfault driver-kill: kill -> repro end {time.monotonic() - killed:.0f} s, resumed {resumed[-1:]}")
+    assert resumed and int(resumed[-1][0]) >= 1, out[-3000:]
+    assert json.loads(in_head(long_gan, f"cat {LONG}/models/gan/mlflow_run.json"))["run_id"] == run_id
+    assert sql(long_gan, f"select status from runs where run_uuid = '{run_id}'") == [["FINISHED"]]
+    assert "up to date" in in_head(long_gan, f"cd {LONG} && dvc status train@gan")
+
+
+def test_a_worker_cut_off_the_network_is_named_within_a_bounded_time(long_gan: dict[str, str]) -> None:
+    """`docker network disconnect` of a worker container mid-training: the stage recovers or fails,
+    naming the lost node, within CUT_BOUND_S (Ray marks a silent node dead after its health checks;
+    the Train controller then restarts or gives up) and never hangs; reconnected afterwards."""
+    bound_s = 420
+    # a group that cannot be placed again gives up after 30 s (Ray's default: 60), max_failures times
+    proc = start_in_head(long_gan, "export RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S=30 && " + train_long("cut"))
+    wait_for_checkpoint(long_gan, proc)
+    container = compose(long_gan, "ps", "-q", "ray-worker-1").stdout.strip()
+    network = f"{long_gan['COMPOSE_PROJECT_NAME']}_genmodels"
+    ip = sh(["docker", "inspect", "-f", f'{{{{(index .NetworkSettings.Networks "{network}").IPAddress}}}}', container],
+            env=long_gan).stdout.strip()
+    cut = time.monotonic()
+    sh(["docker", "network", "disconnect", network, container], env=long_gan)
+    try:
+        out = finish(proc, bound_s)
+    finally:
+        sh(["docker", "network", "connect", network, container], env=long_gan, check=False)
+    print(f"\nfault network-cut: cut -> stage end {time.monotonic() - cut:.0f} s, exit {proc.returncode}")
+    wait_healthy(long_gan, container)  # Ray dropped the node: its raylet exits, the container restarts
+    if proc.returncode == 0:
+        assert RESUMED.search(out), out[-3000:]
+    else:  # retries spent: one line naming the node (Ray's own log lines may still follow it)
+        errors = [line for line in out.splitlines() if line.startswith("error: ")]
+        assert errors and errors[-1].startswith("error: Ray job train-gan-"), out[-3000:]
+        assert f"nodes lost during it: ray-worker-1 ({ip}," in errors[-1], errors[-1]
 
 
 def test_a_driver_pointed_at_a_dead_head_fails_in_seconds(cluster: dict[str, str]) -> None:

@@ -394,6 +394,15 @@ def test_rayjob_and_its_cluster_spec_match_the_kuberay_crds(overlay: str) -> Non
     assert check_custom_resource(raycluster, crd_schema("ray.io_rayclusters.yaml")) == []
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_ray_head_pod_knows_its_pinned_image(overlay: str) -> None:
+    """GENMODELS_IMAGE (the MLflow tag `image`) is what kustomize's `images:` resolved, not a name."""
+    (rayjob,) = of_kind(rendered(overlay), "RayJob")
+    (head,) = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"]
+    assert {e["name"]: e.get("value") for e in head["env"]}["GENMODELS_IMAGE"] == head["image"]
+    assert PINNED.match(head["image"])
+
+
 def test_crd_check_catches_typos_and_wrong_types() -> None:
     (rayjob,) = of_kind(rendered("gpu"), "RayJob")
     schema = crd_schema("ray.io_rayjobs.yaml")
@@ -515,9 +524,12 @@ def test_local_stack_starts_serves_and_stops(stack_env: dict[str, str]) -> None:
     uri = exported["MLFLOW_TRACKING_URI"]
     with urllib.request.urlopen(f"{uri}/health", timeout=5) as resp:
         assert resp.status == 200
-    client = mlflow.MlflowClient(uri)
-    run = client.create_run(client.create_experiment("stack-test"))
-    client.log_text(run.info.run_id, "hello", "note.txt")  # proxied by the server into S3
+    with pytest.MonkeyPatch.context() as mp:  # the stack's MLflow has basic auth: the credentials `env` exports
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            mp.setenv(key, exported[key])
+        client = mlflow.MlflowClient(uri)
+        run = client.create_run(client.create_experiment("stack-test"))
+        client.log_text(run.info.run_id, "hello", "note.txt")  # proxied by the server into S3
     keys = [o["Key"] for o in s3.client().list_objects_v2(Bucket="mlflow").get("Contents", [])]
     assert any(k.startswith("artifacts/") and k.endswith(f"{run.info.run_id}/artifacts/note.txt") for k in keys)
 

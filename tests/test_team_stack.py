@@ -1,5 +1,6 @@
 """Ray Train checkpoints on a real S3 server (SeaweedFS, session fixture ``s3_server``): resume
-from them, and wrong keys refused before any work. One Ray head for the module.
+from them, and wrong keys refused before any work. One Ray head for the module. And the stack's
+MLflow server (``infra/local/stack``): strangers refused (401), the pipeline's credentials served.
 
 MLflow on PostgreSQL + S3 and the DVC remote on S3 are exercised by the whole smoke pipeline
 in tests/test_pipeline_e2e.py (started with ``infra/local/stack``).
@@ -7,15 +8,20 @@ in tests/test_pipeline_e2e.py (started with ``infra/local/stack``).
 
 from __future__ import annotations
 
+import base64
 import re
+import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from project import make_project, read_json, run_stage
-from servers import S3Server, ray_node
+from servers import STACK_SCRIPT, S3Server, local_stack_env, ray_node
 
 pytestmark = pytest.mark.slow
+STACK = str(STACK_SCRIPT)
 
 #: Variables that would let a process reach S3 on its own; stripped where a process must not.
 S3_VARS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
@@ -88,3 +94,38 @@ def test_wrong_s3_keys_fail_before_training(tmp_path: Path, s3_server: S3Server,
     assert "AWS_SECRET_ACCESS_KEY" in run.stderr and "not-the-secret" not in run.stdout + run.stderr
     assert "resumed" not in run.stdout and "train gan" not in run.stdout  # no epoch ran
     assert keys(s3_server, RAY_BUCKET, "wrong") == []
+
+
+# --------------------------------------------------------------------------- 2. who may come in
+@pytest.fixture(scope="module")
+def team_stack(isolated_environment) -> Iterator[dict[str, str]]:
+    """``infra/local/stack`` started by its own script (private state and ports); what ``env`` exports."""
+    with local_stack_env() as stack_env:
+        started = subprocess.run([STACK, "start"], check=False, env=stack_env, capture_output=True, text=True, timeout=300)
+        assert started.returncode == 0, started.stdout + started.stderr
+        exported = subprocess.run([STACK, "env"], check=True, env=stack_env, capture_output=True, text=True, timeout=30).stdout
+        yield dict(re.findall(r"^export (\w+)=(\S+)$", exported, re.MULTILINE))
+
+
+def test_the_stacks_mlflow_refuses_strangers_and_the_pipeline_logs_with_its_credentials(
+        tmp_path: Path, team_stack: dict[str, str]) -> None:
+    import mlflow
+
+    uri = team_stack["MLFLOW_TRACKING_URI"]
+    search = f"{uri}/api/2.0/mlflow/experiments/search?max_results=1"
+    wrong = base64.b64encode(f"{team_stack['MLFLOW_TRACKING_USERNAME']}:not-the-password".encode()).decode()
+    for headers in ({}, {"Authorization": f"Basic {wrong}"}):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(search, headers=headers), timeout=10)
+        assert refused.value.code == 401
+
+    project = make_project(tmp_path / "p")
+    run_stage(project, "train", "--model", "gan", "--plain", env=team_stack)  # what `eval "$(stack env)"` gives
+    run_id = read_json(project / "models" / "gan" / "mlflow_run.json")["run_id"]
+    with pytest.MonkeyPatch.context() as mp:
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            mp.setenv(key, team_stack[key])
+        client = mlflow.MlflowClient(uri)
+        assert client.get_run(run_id).info.status == "FINISHED"
+        assert client.get_metric_history(run_id, "train/loss_g")
+        assert "checkpoints" in [a.path for a in client.list_artifacts(run_id)]

@@ -39,6 +39,17 @@ class ClusterUnreachable(ConnectionError):
     """``RAY_ADDRESS`` (or ``ray.address``) names a head where nothing answers."""
 
 
+class JobFailed(RuntimeError):
+    """A Ray Train job gave up (retries spent); the message names the nodes lost meanwhile."""
+
+
+def _alive_nodes() -> dict[str, str]:
+    import ray
+
+    return {n["NodeID"]: f"{n['NodeManagerHostname']} ({n['NodeManagerAddress']}, node {n['NodeID'][:12]})"
+            for n in ray.nodes() if n["Alive"]}
+
+
 def check_cluster(cfg: RayConfig, timeout_s: float = 5.0) -> None:
     """Fail in seconds, before any work, when the named Ray head does not accept connections.
 
@@ -231,10 +242,23 @@ def run_job(body: Callable[[dict[str, Any], Session], Any], job: dict[str, Any],
                                      resources_per_worker=dict(cfg.resources_per_worker),
                                      placement_strategy=cfg.placement_strategy),
         run_config=RunConfig(name=name, storage_path=storage,
-                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             # a lost node's group that cannot be placed again: retried as often, not forever
+                             failure_config=FailureConfig(max_failures=cfg.max_failures,
+                                                          controller_failure_limit=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_to_keep)),
     )
-    result = trainer.fit()
+    before = _alive_nodes()
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # Ray's TrainingFailedError and kin: say which nodes went away
+        try:
+            alive = _alive_nodes()
+        except Exception:  # noqa: BLE001 - the head itself is gone: every node counts as lost
+            alive = {}
+        lost = [where for node, where in before.items() if node not in alive]
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise JobFailed(f"Ray job {name} failed; nodes lost during it: {', '.join(lost) or 'none'}; "
+                        f"{type(exc).__name__}: {reason}") from exc
     if result.checkpoint is None:
         raise RuntimeError(f"Ray job {name} finished without a checkpoint")
     result.checkpoint.to_directory(str(out))
