@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from tiny_models import build, one_thread
+from tiny_models import build
 from torch import Tensor
 
 from components.models import FAMILIES as REGISTERED
@@ -18,7 +18,6 @@ from components.models.base import GenerativeModel
 from components.models.dcgan import feature_map_plan
 from components.models.gan import GAN
 
-_ = one_thread  # the module's autouse fixture
 FAMILIES = [f for f in REGISTERED if family_kind(f) == "gan"]  # every registered adversarial family
 BATCH = 32
 

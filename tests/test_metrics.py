@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -24,15 +22,6 @@ from components.models.base import DataSpec, to_uint8
 from components.models.classifier import Classifier, ClassifierNet, FeatureExtractor, state_checksum
 
 D = 16  # feature dimension used by the maths tests
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny tensors run fastest on one thread; two OpenMP threads on a busy 2-core box are ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def gaussian(n: int, seed: int, shift: float = 0.0, scale: float = 1.0, d: int = D) -> np.ndarray:

@@ -9,11 +9,10 @@ import math
 
 import pytest
 import torch
-from tiny_models import CASES, TINY, assert_same_state, build, flat_state, one_thread, run_steps, tiny_data
+from tiny_models import CASES, TINY, assert_same_state, build, flat_state, run_steps, tiny_data
 
 from components.models import FAMILIES, family_kind, model_class
 
-_ = one_thread  # the module's autouse fixture
 #: what each kind's train_step returns
 STEP_KEYS = {"gan": {"loss_d", "loss_g", "d_real", "d_fake"}, "vae": {"loss", "recon", "kl"}, "diffusion": {"loss"}}
 

@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from tiny_models import CASES, build, one_thread, run_steps, tiny_data
+from tiny_models import CASES, build, run_steps, tiny_data
 from torch import Tensor
 
 from components.models import family_kind
@@ -20,7 +20,6 @@ from components.models.base import DataSpec
 from components.models.ddpm import NoiseSchedule, UNet
 from components.models.vae import kl_to_standard_normal
 
-_ = one_thread  # the module's autouse fixture
 LIKELIHOOD_CASES = [case for case, (family, _) in CASES.items() if family_kind(family) != "gan"]
 
 

@@ -6,9 +6,6 @@ variants whose code paths differ (the VAE's MLP, the conditional DDPM).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 import torch
 from torch import Tensor
 
@@ -31,15 +28,6 @@ CASES: dict[str, tuple[str, dict]] = {
     "vae-mlp": ("vae", {"architecture": "mlp"}),
     "ddpm-cond": ("ddpm", {"conditional": True}),
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny networks gain nothing from intra-op threads, and on a shared 2-core box they spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def build(case: str, size: int = 28, **overrides) -> GenerativeModel:
