@@ -64,7 +64,12 @@ def stack() -> Iterator[dict[str, str]]:
         creds = dict(line.split("=", 1) for line in (Path(stack_env["STACK_DIR"]) / "credentials").read_text().split())
         exported["PG_DSN"] = (f"postgresql://{creds['PG_USER']}:{creds['PG_PASSWORD']}@127.0.0.1:"
                               f"{stack_env['STACK_PG_PORT']}/mlflow")
-        yield exported
+        # The stack's MLflow has basic auth: this process's MlflowClient checks need the credentials
+        # `env` exports (the pipeline's subprocesses get them through stack_env).
+        with pytest.MonkeyPatch.context() as mp:
+            for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+                mp.setenv(key, exported[key])
+            yield exported
 
 
 def stack_env(stack: dict[str, str]) -> dict[str, str]:
