@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from components.training.loop import EpochStats
 
 RUN_FILE = "mlflow_run.json"
+LOST_WRITES_TAG = "tracking.lost_writes"  # on a run some of whose metrics or images never arrived
 
 
 class TrackingError(RuntimeError):
@@ -236,10 +237,17 @@ class RunLogger:
         self._drain()
 
     def close(self) -> list[str]:
-        """Flush, stop the thread, and return the errors that could not be retried away."""
+        """Flush, stop the thread, and return the errors that could not be retried away.
+
+        The run itself says that it is incomplete: a ``tracking.lost_writes`` tag counts the
+        writes that never arrived (best effort: the server may still be gone).
+        """
         self._stop.set()
         self._thread.join(timeout=60)
         self._drain()
+        if self.errors:
+            lost = str(len(self.errors))
+            self._guard(lambda: self._client.set_tag(self.run_id, LOST_WRITES_TAG, lost), "set_tag lost_writes")
         return self.errors
 
 

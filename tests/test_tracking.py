@@ -74,3 +74,20 @@ def test_an_interrupted_run_ends_killed_and_runs_again_when_re_attached(tmp_path
     assert client.get_run(run_id).info.status == "KILLED"
     assert tracking.start_run(uri, "e", "m", {"stage": "train@m"}, {"p": 1}, run_id=run_id) == run_id
     assert client.get_run(run_id).info.status == "RUNNING"  # the retry's own StageRun ends it
+
+
+def test_writes_that_never_arrive_are_counted_in_a_tag_on_the_run(tmp_path: Path) -> None:
+    """A metric the store refuses on every retry is reported by close() and the run says so."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id = tracking.start_run(uri, "e", "m", {"stage": "train@m"}, {"p": 1})
+    logger = tracking.RunLogger(uri, run_id, retries=1)
+    logger.log_metrics({"train/loss": 1.0}, step=1)
+    logger.log_metrics({"train/loss": float("nan"), "bad key!": 2.0}, step=2)  # an invalid name: refused
+    errors = logger.close()
+    assert len(errors) == 1 and "log_batch" in errors[0]
+    run = tracking.client(uri).get_run(run_id)
+    assert run.data.tags[tracking.LOST_WRITES_TAG] == "1"
+    good = tracking.RunLogger(uri, tracking.start_run(uri, "e", "n", {"stage": "train@n"}, {"p": 1}))
+    good.log_metrics({"train/loss": 1.0}, step=1)
+    assert good.close() == []
+    assert tracking.LOST_WRITES_TAG not in tracking.client(uri).get_run(good.run_id).data.tags
