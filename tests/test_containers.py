@@ -130,54 +130,27 @@ def test_mlflow_refuses_anonymous_requests_and_serves_the_pipelines_credentials(
         assert client.get_experiment_by_name("Default") is not None
 
 
-SMOKE_ON_CLUSTER = """\
-rm -rf /tmp/src && cp -a /app /tmp/src
-python - <<'PY'
-import yaml
-path = "/tmp/src/profiles/smoke.yaml"
-smoke = yaml.safe_load(open(path))
-smoke["ray"] = {**smoke.get("ray", {}), "num_workers": 2, "placement_strategy": "SPREAD",
-                "storage_path": "s3://genmodels/ray", "max_failures": 2}
-smoke["mlflow"] = {"log_system_metrics": False}
-open(path, "w").write(yaml.safe_dump(smoke, sort_keys=False))
-PY
-PIPELINE_SOURCE=/tmp/src PIPELINE_PROFILE=smoke WORKSPACE=${WORKSPACE:-/workspace} infra/run-pipeline TARGETS >&2
-python -c 'import json, ray; ray.init(logging_level="error"); print(json.dumps({n["NodeID"]: n["NodeManagerHostname"] for n in ray.nodes()}))'
-"""
-
-
-def test_smoke_stages_run_their_ranks_on_both_worker_containers(cluster: dict[str, str]) -> None:
-    """fetch + train@gan + train@ddpm by `dvc repro` on the head; checkpoints in S3, runs in the
-    MLflow server (rows in PostgreSQL, artifacts in the bucket), outputs pushed to the DVC remote."""
-    nodes = json.loads(in_head(cluster, SMOKE_ON_CLUSTER.replace("TARGETS", "train@gan train@ddpm")).splitlines()[-1])
-    for model in ("gan", "ddpm"):
-        records = json.loads(in_head(cluster, f"cat /workspace/models/{model}/workers.json"))
-        assert sorted(r["rank"] for r in records) == [0, 1], records
-        assert sorted(nodes[r["node"]] for r in records) == ["ray-worker-1", "ray-worker-2"], (model, records)
-        assert len({r["weights"] for r in records}) == 1  # DDP kept both ranks' weights identical
-        run = json.loads(in_head(cluster, f"cat /workspace/models/{model}/mlflow_run.json"))
-        assert run["tracking_uri"] == "http://mlflow:5000"
-        rows = compose(cluster, "exec", "-T", "postgres", "psql", "-h", "/tmp", "-U", "mlflow", "-d", "mlflow", "-Atc",
-                       f"select status, (select value from tags t where t.run_uuid = r.run_uuid and key = 'image') "
-                       f"from runs r where run_uuid = '{run['run_id']}'").stdout.split("|")
-        assert [r.strip() for r in rows] == ["FINISHED", cluster["GENMODELS_IMAGE"]]
-    s3 = S3Server(cluster["AWS_ENDPOINT_URL"], cluster["AWS_ACCESS_KEY_ID"], cluster["AWS_SECRET_ACCESS_KEY"]).client()
-    artifacts = [o["Key"] for o in s3.list_objects_v2(Bucket="mlflow").get("Contents", [])]
-    assert any(k.endswith("/artifacts/loss.png") for k in artifacts), artifacts[:20]
-    assert s3.list_objects_v2(Bucket="dvc", Prefix="store/").get("KeyCount", 0) > 0  # dvc push reached the remote
-
-
 # ---------------------------------------------------------------------------------------------
-# faults: one longer GAN job (smoke data, LONG_EPOCHS epochs, a checkpoint every epoch), run once
-# per fault; the MLflow-outage run is the uninterrupted reference for the worker kill
+# the pipeline on the cluster, and its faults. One GAN configuration throughout: the smoke
+# profile with 2 ranks SPREAD, checkpoints in S3 every epoch and LONG_EPOCHS epochs, so that there
+# is time for a fault between the first checkpoint and the end. The smoke `dvc repro train@gan`
+# in /workspace is the uninterrupted run (with an MLflow outage, which does not touch the
+# weights); each fault re-runs the same configuration in a second run folder, LONG.
 # ---------------------------------------------------------------------------------------------
 
-LONG, LONG_EPOCHS = "/workspace/long", 24
-LONG_SETUP = f"""\
-rm -rf /tmp/long && cp -a /app /tmp/long
+LONG, LONG_EPOCHS, OUTAGE_S = "/workspace/long", 16, 25
+RESUMED = re.compile(r"gan: resumed from epoch (\d+) \(step (\d+)\)")
+
+
+def on_cluster(src: str, workspace: str, targets: str) -> str:
+    """The script that copies the image's code to SRC with the cluster's settings, then runs
+    `infra/run-pipeline TARGETS` in WORKSPACE (DVC remote on the cluster's S3) and prints the
+    Ray nodes' hostnames by node id on a line ``NODES {...}``."""
+    return f"""\
+rm -rf {src} && cp -a /app {src}
 python - <<'PY'
 import yaml
-path = "/tmp/long/profiles/smoke.yaml"
+path = "{src}/profiles/smoke.yaml"
 smoke = yaml.safe_load(open(path))
 smoke["ray"] = {{**smoke.get("ray", {{}}), "num_workers": 2, "placement_strategy": "SPREAD",
                 "storage_path": "s3://genmodels/ray", "max_failures": 2}}
@@ -185,31 +158,9 @@ smoke["mlflow"] = {{"log_system_metrics": False}}
 smoke["families"]["gan"].update(epochs={LONG_EPOCHS}, checkpoint_every=1, image_every={LONG_EPOCHS})
 open(path, "w").write(yaml.safe_dump(smoke, sort_keys=False))
 PY
-PIPELINE_SOURCE=/tmp/long PIPELINE_PROFILE=smoke WORKSPACE={LONG} infra/run-pipeline fetch >&2
+PIPELINE_SOURCE={src} PIPELINE_PROFILE=smoke WORKSPACE={workspace} infra/run-pipeline {targets} >&2
+echo "NODES $(python -c 'import json, ray; ray.init(logging_level="error"); print(json.dumps({{n["NodeID"]: n["NodeManagerHostname"] for n in ray.nodes()}}))')"
 """
-RESUMED = re.compile(r"gan: resumed from epoch (\d+) \(step (\d+)\)")
-FAULTS: dict[str, str] = {}  # results shared by the fault tests: the uninterrupted run's weights
-
-
-@pytest.fixture(scope="module")
-def long_workspace(cluster: dict[str, str]) -> dict[str, str]:
-    """The cluster with a second run folder (LONG) whose GAN trains for LONG_EPOCHS epochs."""
-    in_head(cluster, LONG_SETUP, timeout=600)
-    return cluster
-
-
-@pytest.fixture
-def long_gan(long_workspace: dict[str, str]) -> Iterator[dict[str, str]]:
-    """LONG without unfinished GAN runs (checkpoints in S3, MLflow run markers) before and after."""
-    def forget() -> None:
-        client = s3(long_workspace)
-        for obj in client.list_objects_v2(Bucket="genmodels", Prefix="ray/train-gan-").get("Contents", []):
-            client.delete_object(Bucket="genmodels", Key=obj["Key"])
-        in_head(long_workspace, f"rm -rf {LONG}/ray_results/.mlflow_runs")
-
-    forget()
-    yield long_workspace
-    forget()
 
 
 def s3(env: dict[str, str]):
@@ -225,12 +176,6 @@ def start_in_head(env: dict[str, str], script: str) -> subprocess.Popen[str]:
                             start_new_session=True)
     proc.env = env  # type: ignore[attr-defined]
     return proc
-
-
-def train_long(tag: str) -> str:
-    """The script training the long GAN into LONG/runs/TAG/ (not a DVC stage: no DVC state)."""
-    return (f"cd {LONG} && export RAY_ADDRESS=auto && "
-            f"python -m pipelines.train --model gan --out runs/{tag}/gan --plot runs/{tag}/gan.csv")
 
 
 def wait_for_checkpoint(env: dict[str, str], proc: subprocess.Popen[str], timeout_s: float = 300) -> str:
@@ -263,6 +208,97 @@ def finish(proc: subprocess.Popen[str], timeout_s: float) -> str:
     return out
 
 
+def latest_checkpoint(env: dict[str, str], key: str) -> str:
+    snapshot = json.loads(s3(env).get_object(Bucket="genmodels", Key=key)["Body"].read())
+    return snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
+
+
+def sql(env: dict[str, str], query: str) -> list[list[str]]:
+    out = compose(env, "exec", "-T", "postgres", "psql", "-h", "/tmp", "-U", "mlflow", "-d", "mlflow", "-Atc", query).stdout
+    return [line.split("|") for line in out.splitlines() if line]
+
+
+@pytest.fixture(scope="module")
+def smoke(cluster: dict[str, str]) -> dict[str, object]:
+    """`dvc repro train@gan` (after fetch) on the cluster, driver in the head container; the MLflow
+    server is stopped for OUTAGE_S once the first checkpoint is registered, then started again."""
+    proc = start_in_head(cluster, on_cluster("/tmp/src", "/workspace", "train@gan"))
+    key = wait_for_checkpoint(cluster, proc, timeout_s=600)
+    before = latest_checkpoint(cluster, key)
+    stopped = time.time()
+    compose(cluster, "stop", "--timeout", "5", "mlflow")
+    time.sleep(OUTAGE_S)
+    during = latest_checkpoint(cluster, key)
+    compose(cluster, "start", "mlflow")
+    compose(cluster, "up", "-d", "--wait", "mlflow")
+    back = time.time()
+    out = finish(proc, 900)
+    assert proc.returncode == 0, out[-3000:]
+    print(f"\nfault mlflow-outage: stopped {back - stopped:.0f} s, stage ended {time.time() - back:.0f} s after restart")
+    nodes = json.loads(re.findall(r"^NODES (.*)$", out, re.MULTILINE)[-1])
+    return {"nodes": nodes, "before": before, "during": during, "stopped": stopped, "back": back}
+
+
+def test_smoke_stage_runs_its_ranks_on_both_worker_containers(cluster: dict[str, str], smoke: dict) -> None:
+    """fetch + train@gan by `dvc repro` on the head; checkpoints in S3, the run in the MLflow
+    server (a row in PostgreSQL, artifacts in the bucket), outputs pushed to the DVC remote."""
+    records = json.loads(in_head(cluster, "cat /workspace/models/gan/workers.json"))
+    assert sorted(r["rank"] for r in records) == [0, 1], records
+    assert sorted(smoke["nodes"][r["node"]] for r in records) == ["ray-worker-1", "ray-worker-2"], records
+    assert len({r["weights"] for r in records}) == 1  # DDP kept both ranks' weights identical
+    run = json.loads(in_head(cluster, "cat /workspace/models/gan/mlflow_run.json"))
+    assert run["tracking_uri"] == "http://mlflow:5000"
+    rows = sql(cluster, f"select status, (select value from tags t where t.run_uuid = r.run_uuid and key = 'image') "
+                        f"from runs r where run_uuid = '{run['run_id']}'")
+    assert rows == [["FINISHED", cluster["GENMODELS_IMAGE"]]]
+    artifacts = [o["Key"] for o in s3(cluster).list_objects_v2(Bucket="mlflow").get("Contents", [])]
+    assert any(k.endswith("/artifacts/loss.png") for k in artifacts), artifacts[:20]
+    assert s3(cluster).list_objects_v2(Bucket="dvc", Prefix="store/").get("KeyCount", 0) > 0  # dvc push reached the remote
+
+
+def test_training_goes_on_while_mlflow_is_stopped_and_its_metrics_arrive_later(cluster: dict[str, str], smoke: dict) -> None:
+    """MLflow stopped for OUTAGE_S mid-training: checkpoints go on meanwhile, every loss point logged
+    during the outage is in PostgreSQL afterwards (the client retries), no write is reported lost."""
+    assert smoke["during"] != smoke["before"]  # training went on while the server was down
+    run = json.loads(in_head(cluster, "cat /workspace/models/gan/mlflow_run.json"))
+    history = json.loads(in_head(cluster, "cat /workspace/models/gan/history.json"))
+    loss_key = next(k for k in history[0] if k != "step")
+    logged = sorted(h["step"] for h in history if loss_key in h)
+    rows = sql(cluster, f"select step, timestamp from metrics where run_uuid = '{run['run_id']}' "
+                        f"and key = 'train/{loss_key}' order by step")
+    assert sorted(int(step) for step, _ in rows) == logged  # every point, none twice
+    in_outage = [s for s, ts in rows if smoke["stopped"] * 1000 < int(ts) < smoke["back"] * 1000]
+    assert in_outage, "no loss was logged while the server was down: the outage missed training"
+    assert not sql(cluster, f"select value from tags where run_uuid = '{run['run_id']}' and key = 'tracking.lost_writes'")
+
+
+@pytest.fixture(scope="module")
+def long_workspace(cluster: dict[str, str], smoke: dict) -> dict[str, str]:
+    """The cluster with a second run folder, LONG, holding the same configuration and data."""
+    in_head(cluster, on_cluster("/tmp/long", LONG, "fetch"), timeout=600)
+    return cluster
+
+
+@pytest.fixture
+def long_gan(long_workspace: dict[str, str]) -> Iterator[dict[str, str]]:
+    """LONG without unfinished GAN runs (checkpoints in S3, MLflow run markers) before and after."""
+    def forget() -> None:
+        client = s3(long_workspace)
+        for obj in client.list_objects_v2(Bucket="genmodels", Prefix="ray/train-gan-").get("Contents", []):
+            client.delete_object(Bucket="genmodels", Key=obj["Key"])
+        in_head(long_workspace, f"rm -rf {LONG}/ray_results/.mlflow_runs")
+
+    forget()
+    yield long_workspace
+    forget()
+
+
+def train_long(tag: str, *settings: str) -> str:
+    """The script training the GAN into LONG/runs/TAG/ (not a DVC stage: no DVC state)."""
+    return (f"cd {LONG} && export RAY_ADDRESS=auto && python -m pipelines.train --model gan "
+            f"--out runs/{tag}/gan --plot runs/{tag}/gan.csv" + "".join(f" --set {s}" for s in settings))
+
+
 def wait_healthy(env: dict[str, str], container: str, timeout_s: float = 300) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -271,47 +307,6 @@ def wait_healthy(env: dict[str, str], container: str, timeout_s: float = 300) ->
             return
         time.sleep(2)
     raise AssertionError(f"{container} not healthy within {timeout_s} s: {state}")
-
-
-def sql(env: dict[str, str], query: str) -> list[list[str]]:
-    out = compose(env, "exec", "-T", "postgres", "psql", "-h", "/tmp", "-U", "mlflow", "-d", "mlflow", "-Atc", query).stdout
-    return [line.split("|") for line in out.splitlines() if line]
-
-
-def latest_checkpoint(env: dict[str, str], key: str) -> str:
-    snapshot = json.loads(s3(env).get_object(Bucket="genmodels", Key=key)["Body"].read())
-    return snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
-
-
-def test_training_goes_on_while_mlflow_is_stopped_and_its_metrics_arrive_later(long_gan: dict[str, str]) -> None:
-    """MLflow stopped for OUTAGE_S mid-training: checkpoints go on meanwhile, every loss point logged
-    during the outage is in PostgreSQL afterwards (the client retries), no loss is reported."""
-    outage_s = 25
-    proc = start_in_head(long_gan, train_long("reference"))
-    key = wait_for_checkpoint(long_gan, proc)
-    before = latest_checkpoint(long_gan, key)
-    stopped = time.time()
-    compose(long_gan, "stop", "--timeout", "5", "mlflow")
-    time.sleep(outage_s)
-    during = latest_checkpoint(long_gan, key)
-    compose(long_gan, "start", "mlflow")
-    compose(long_gan, "up", "-d", "--wait", "mlflow")
-    back = time.time()
-    out = finish(proc, 600)
-    assert proc.returncode == 0, out[-3000:]
-    assert during != before  # training went on while the server was down
-    print(f"\nfault mlflow-outage: stopped {back - stopped:.0f} s, stage ended {time.time() - back:.0f} s after restart")
-    run = json.loads(in_head(long_gan, f"cat {LONG}/runs/reference/gan/mlflow_run.json"))
-    history = json.loads(in_head(long_gan, f"cat {LONG}/runs/reference/gan/history.json"))
-    loss_key = next(k for k in history[0] if k != "step")
-    logged = sorted(h["step"] for h in history if loss_key in h)
-    rows = sql(long_gan, f"select step, timestamp from metrics where run_uuid = '{run['run_id']}' "
-                         f"and key = 'train/{loss_key}' order by step")
-    assert sorted(int(step) for step, _ in rows) == logged  # every point, none twice
-    in_outage = [s for s, ts in rows if stopped * 1000 < int(ts) < back * 1000]
-    assert in_outage, "no loss was logged while the server was down: the outage missed training"
-    assert not sql(long_gan, f"select value from tags where run_uuid = '{run['run_id']}' and key = 'tracking.lost_writes'")
-    FAULTS["reference"] = json.loads(in_head(long_gan, f"cat {LONG}/runs/reference/gan/workers.json"))[0]["weights"]
 
 
 def test_a_killed_worker_container_is_replaced_and_training_resumes_from_its_checkpoint(long_gan: dict[str, str]) -> None:
@@ -338,8 +333,8 @@ def test_a_killed_worker_container_is_replaced_and_training_resumes_from_its_che
     steps = sql(long_gan, f"select min(step), max(step) from metrics where run_uuid = '{run['run_id']}' and key = 'train/epoch'")
     # epochs logged before the kill (the one that ended at the resume step included) and after it
     assert steps and int(steps[0][0]) <= int(resumed[-1][1]) < int(steps[0][1])
-    reference = FAULTS.get("reference") or json.loads(in_head(long_gan, f"cat {LONG}/runs/reference/gan/workers.json"))[0]["weights"]
-    assert {r["weights"] for r in records} == {reference}
+    reference = json.loads(in_head(long_gan, "cat /workspace/models/gan/workers.json"))[0]["weights"]
+    assert {r["weights"] for r in records} == {reference}  # the smoke stage's: same configuration, no fault
 
 
 def test_a_driver_killed_mid_stage_resumes_on_the_next_repro(long_gan: dict[str, str]) -> None:
@@ -374,8 +369,9 @@ def test_a_worker_cut_off_the_network_is_named_within_a_bounded_time(long_gan: d
     naming the lost node, within CUT_BOUND_S (Ray marks a silent node dead after its health checks;
     the Train controller then restarts or gives up) and never hangs; reconnected afterwards."""
     bound_s = 420
-    # a group that cannot be placed again gives up after 30 s (Ray's default: 60), max_failures times
-    proc = start_in_head(long_gan, "export RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S=30 && " + train_long("cut"))
+    # one restart, and a group that cannot be placed again gives up after 15 s (Ray's default: 60)
+    proc = start_in_head(long_gan, "export RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S=15 && "
+                         + train_long("cut", "ray.max_failures=1"))
     wait_for_checkpoint(long_gan, proc)
     container = compose(long_gan, "ps", "-q", "ray-worker-1").stdout.strip()
     network = f"{long_gan['COMPOSE_PROJECT_NAME']}_genmodels"
