@@ -1,32 +1,34 @@
-"""Real local servers for tests: SeaweedFS (S3), PostgreSQL and an MLflow tracking server.
+"""Real local servers for tests, started by the project's own scripts.
 
-Every server binds 127.0.0.1 on free ports, keeps its state under a caller-given folder and is
-stopped (and waited for) when its context manager exits, so several test sessions can run side
+The team stack's services (PostgreSQL, SeaweedFS S3, MLflow) come from ``infra/local/stack``, Ray
+nodes from the functions of ``infra/local/with-ray``: the tests run what a user runs, and no server
+flag lives here. Every server binds loopback on free ports, keeps its state in a private folder and
+is stopped (and waited for) when its context manager exits, so several test sessions can run side
 by side on one machine without sharing ports or state.
 """
 
 from __future__ import annotations
 
-import json
+import importlib.machinery
+import importlib.util
 import os
-import secrets
+import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 REGION = "us-east-1"
 STACK_SCRIPT = Path(__file__).resolve().parents[1] / "infra" / "local" / "stack"
+WITH_RAY_SCRIPT = STACK_SCRIPT.with_name("with-ray")
 
 
 def free_port() -> int:
@@ -98,37 +100,17 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, proc: subpr
     raise TimeoutError(f"{what} not ready after {timeout:.0f} s (last error: {last_error!r}){log_tail(log)}")
 
 
-def stop_process(proc: subprocess.Popen, grace: float = 3.0) -> None:
-    """SIGTERM the process group of ``proc``, SIGKILL it if still alive after ``grace`` seconds.
-
-    The process must have been started with ``start_new_session=True`` so its group holds only
-    it and its children (uvicorn workers, for instance) and nothing of ours.
-
-    Args:
-        proc: the process to stop.
-        grace: seconds between SIGTERM and SIGKILL.
-    """
-    if proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+def _load_with_ray() -> ModuleType:
+    """``infra/local/with-ray`` as a module: the tests start and stop Ray nodes with its functions."""
+    loader = importlib.machinery.SourceFileLoader("with_ray", str(WITH_RAY_SCRIPT))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader("with_ray", loader))
+    loader.exec_module(module)
+    return module
 
 
-def _http_status(url: str) -> int:
-    """Return the HTTP status of a GET on ``url`` (error statuses included)."""
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as err:
-        return int(err.code)
+with_ray = _load_with_ray()
+#: The one way these helpers stop a server they started: SIGTERM its process group, SIGKILL what is left.
+stop_process = with_ray.stop_group
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,6 +131,11 @@ class S3Server:
     endpoint_url: str
     access_key: str
     secret_key: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> S3Server:
+        """The server an environment points at (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...)."""
+        return cls(env["AWS_ENDPOINT_URL"], env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"])
 
     def client(self) -> Any:
         """Return a boto3 S3 client for this server (region us-east-1)."""
@@ -180,199 +167,97 @@ class S3Server:
         }
 
 
-def write_s3_config(path: Path, access_key: str, secret_key: str) -> None:
-    """Write a SeaweedFS ``s3.json`` with one identity, so any other key is rejected.
+# --------------------------------------------------------------------------- infra/local/stack
+def _port_pair() -> tuple[int, int]:
+    """A free port p whose gRPC twin p + 10000 is free too (SeaweedFS' convention)."""
+    for _ in range(100):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port, port + 10000
+    raise RuntimeError("no free port pair")
 
-    Args:
-        path: file to write.
-        access_key: the accepted access key.
-        secret_key: its secret.
-    """
-    identity = {
-        "name": "admin",
-        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-        "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-    }
-    path.write_text(json.dumps({"identities": [identity]}, indent=2))
+
+def stack(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run ``infra/local/stack ARGS`` with ``env`` (from ``local_stack_env``); output captured."""
+    return subprocess.run([str(STACK_SCRIPT), *args], check=False, env=env, capture_output=True, text=True,
+                          timeout=timeout)
 
 
-def weed_mini_command(datadir: Path, config: Path, s3_port: int) -> list[str]:
-    """Build the ``weed mini`` command line: everything on 127.0.0.1, every port free.
-
-    ``weed mini`` runs master, volume, filer, S3 and admin servers in one process, each with an
-    HTTP and a gRPC port (gRPC defaults to HTTP + 10000). We set all of them explicitly so that
-    parallel test sessions never collide, and switch off what we do not use.
-
-    Args:
-        datadir: folder for SeaweedFS data and its unix sockets.
-        config: the ``s3.json`` identity file.
-        s3_port: the S3 HTTP port.
-
-    Returns:
-        The argv list.
-    """
-    ports = {
-        "master.port": free_port(), "master.port.grpc": free_port(),
-        "volume.port": free_port(), "volume.port.grpc": free_port(),
-        "filer.port": free_port(), "filer.port.grpc": free_port(),
-        "s3.port": s3_port, "s3.port.grpc": free_port(),
-        "admin.port": free_port(), "admin.port.grpc": free_port(),
-    }  # fmt: skip
-    return [
-        find_tool("weed"), "mini",
-        f"-dir={datadir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        f"-s3.config={config}", "-admin.ui=false", "-webdav=false",
-        "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
-        f"-filer.localSocket={datadir / 'filer.sock'}", f"-s3.localSocket={datadir / 's3.sock'}",
-        *(f"-{flag}={port}" for flag, port in ports.items()),
-    ]  # fmt: skip
+def stack_exports(env: dict[str, str]) -> dict[str, str]:
+    """What ``eval "$(infra/local/stack env)"`` would set: ``{name: value}``."""
+    exported = stack(env, "env", timeout=30)
+    if exported.returncode != 0:
+        raise RuntimeError(f"infra/local/stack env failed: {exported.stderr.strip()}")
+    return dict(re.findall(r"^export (\w+)=(\S+)$", exported.stdout, re.MULTILINE))
 
 
 @contextmanager
-def seaweedfs(workdir: Path, access_key: str = "testkey", secret_key: str = "testsecret") -> Iterator[S3Server]:
-    """Run a SeaweedFS S3 server (``weed mini``) for the duration of the block.
+def local_stack_env(folder: Path | None = None) -> Iterator[dict[str, str]]:
+    """Environment for ``infra/local/stack`` with a private state folder and free ports; stops the
+    stack (what a test started of it) afterwards.
 
     Args:
-        workdir: folder for data, config and log (created if missing).
-        access_key: the only accepted access key.
-        secret_key: its secret.
-
-    Yields:
-        The running server's connection details.
+        folder: the state folder's parent, kept afterwards (e.g. a pytest tmp folder: its logs stay
+            there). None: a fresh ``/tmp/stack-test-*``, removed afterwards; PostgreSQL needs that
+            as root, since it runs as user postgres, which must traverse the state folder's parents
+            (pytest's are private to root).
     """
-    workdir.mkdir(parents=True, exist_ok=True)
-    datadir = workdir / "data"
-    datadir.mkdir(exist_ok=True)
-    config = workdir / "s3.json"
-    write_s3_config(config, access_key, secret_key)
-    port = free_port()
-    server = S3Server(f"http://127.0.0.1:{port}", access_key, secret_key)
-    with open(workdir / "weed.log", "ab") as log:
-        proc = subprocess.Popen(
-            weed_mini_command(datadir, config, port),
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
+    state = Path(tempfile.mkdtemp(prefix="stack-test-")) if folder is None else folder
+    state.chmod(0o755)
+    env = {**os.environ, "STACK_DIR": str(state / "stack"), "STACK_WEED_GRPC_OFFSET": "10000"}
+    for var in ("STACK_S3_PORT", "STACK_WEED_MASTER_PORT", "STACK_WEED_VOLUME_PORT", "STACK_WEED_FILER_PORT",
+                "STACK_WEED_ADMIN_PORT"):  # fmt: skip
+        env[var] = str(_port_pair()[0])
+    env["STACK_PG_PORT"], env["STACK_MLFLOW_PORT"] = str(free_port()), str(free_port())
     try:
-        # An authenticated listing proves both that S3 is up and that the identity file is loaded.
-        wait_until(lambda: server.client().list_buckets() is not None, 60, "SeaweedFS S3", proc,
-                   log=workdir / "weed.log")
-        yield server
+        yield env
     finally:
-        stop_process(proc)
-
-
-# --------------------------------------------------------------------------------------------
-# PostgreSQL (Debian package)
-# --------------------------------------------------------------------------------------------
-
-
-def postgres_bin(name: str) -> str:
-    """Locate a PostgreSQL server binary (``initdb``, ``pg_ctl``) of the newest installed version."""
-    found = shutil.which(name)
-    if found is not None:
-        return found
-    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]))
-    if not candidates:
-        raise FileNotFoundError(f"{name}: install PostgreSQL (apt-get install -y postgresql)")
-    return str(candidates[-1])
-
-
-def _as_postgres(argv: list[str]) -> list[str]:
-    """Prefix ``argv`` so it runs as user ``postgres`` when we are root (initdb refuses root)."""
-    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
+        stack(env, "stop", timeout=60)
+        if folder is None:
+            shutil.rmtree(state, ignore_errors=True)
 
 
 @contextmanager
-def postgres(workdir: Path) -> Iterator[str]:
-    """Run a throw-away PostgreSQL server for the duration of the block.
-
-    As root the cluster runs as user ``postgres``; pytest's tmp folders are private to root, so
-    then the data folder lives in its own ``/tmp/pg-*`` folder owned by ``postgres`` instead of
-    under ``workdir`` (which only receives the log).
+def local_stack(*services: str, folder: Path | None = None) -> Iterator[dict[str, str]]:
+    """Start ``services`` (postgres, s3, mlflow; none: all three) with ``infra/local/stack start``.
 
     Args:
-        workdir: folder for the log (and the data when not root).
+        services: what to start; the script adds what they need (mlflow needs the other two).
+        folder: see ``local_stack_env``.
 
     Yields:
-        A DSN ``postgresql://postgres:PASSWORD@127.0.0.1:PORT/postgres``.
+        What ``infra/local/stack env`` exports (tracking URI and credentials, S3 endpoint and keys).
     """
-    workdir.mkdir(parents=True, exist_ok=True)
-    root = os.geteuid() == 0
-    base = Path(tempfile.mkdtemp(prefix="pg-")) if root else workdir / "pg"
-    base.mkdir(exist_ok=True)
-    datadir, pwfile = base / "data", base / "pwfile"
-    password, port = secrets.token_hex(12), free_port()
-    pwfile.write_text(password + "\n")
-    if root:
-        shutil.chown(base, "postgres", "postgres")
-        shutil.chown(pwfile, "postgres", "postgres")
-
-    def run(argv: list[str]) -> None:
-        done = subprocess.run(_as_postgres(argv), check=False, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"{Path(argv[0]).name} failed ({done.returncode}): {done.stdout}{done.stderr}"
-                               f"{log_tail(log)}")
-
-    log, pg_ctl = base / "postgres.log", postgres_bin("pg_ctl")
-    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {datadir}"
-    try:
-        run([postgres_bin("initdb"), "-D", str(datadir), "-U", "postgres", "--pwfile", str(pwfile),
-             "--auth-local=trust", "--auth-host=scram-sha-256"])  # fmt: skip
-        run([pg_ctl, "-D", str(datadir), "-o", options, "-l", str(log), "-w", "-t", "60", "start"])
-        yield f"postgresql://postgres:{password}@127.0.0.1:{port}/postgres"
-    finally:
-        stop = _as_postgres([pg_ctl, "-D", str(datadir), "-m", "fast", "-w", "stop"])
-        subprocess.run(stop, check=False, capture_output=True)
-        if log.exists():
-            shutil.copyfile(log, workdir / "postgres.log")
-        if root:
-            shutil.rmtree(base, ignore_errors=True)
-
-
-# --------------------------------------------------------------------------------------------
-# MLflow tracking server
-# --------------------------------------------------------------------------------------------
+    with local_stack_env(folder) as env:
+        started = stack(env, "start", *services)
+        if started.returncode != 0:
+            raise RuntimeError(f"infra/local/stack start {' '.join(services)} failed ({started.returncode}):\n"
+                               f"{started.stdout}{started.stderr}")
+        yield stack_exports(env)
 
 
 @contextmanager
-def mlflow_server(
-    workdir: Path, backend_uri: str, artifacts_destination: str, env: dict[str, str] | None = None
-) -> Iterator[str]:
-    """Run ``mlflow server`` (one worker, no job-execution helpers) for the duration of the block.
+def seaweedfs(folder: Path | None = None) -> Iterator[S3Server]:
+    """The stack's SeaweedFS S3 alone (``infra/local/stack start s3``), for the duration of the block.
+
+    It accepts one identity only, the keys the stack generated into its credentials file (any other
+    key is rejected); the yielded ``S3Server`` carries them.
 
     Args:
-        workdir: folder for the log (created if missing).
-        backend_uri: e.g. ``sqlite:///PATH/mlflow.db`` or ``postgresql+psycopg2://USER:PW@HOST:PORT/DB``.
-        artifacts_destination: e.g. a local folder or ``s3://mlflow/artifacts``.
-        env: extra environment for the server (for S3 artifacts: ``S3Server.env()``).
-
-    Yields:
-        The tracking URI, ``http://127.0.0.1:PORT``.
+        folder: see ``local_stack_env``.
     """
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    # Without this flag MLflow 3.17 starts job-runner helpers that survive SIGTERM.
-    full_env = {**os.environ, **(env or {}), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    argv = [
-        find_tool("mlflow"), "server", "--backend-store-uri", backend_uri,
-        "--artifacts-destination", artifacts_destination,
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
-    with open(workdir / "mlflow.log", "ab") as log:
-        proc = subprocess.Popen(
-            argv, cwd=workdir, env=full_env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-    try:
-        wait_until(lambda: _http_status(f"{uri}/health") == 200, 90, "MLflow server", proc, log=workdir / "mlflow.log")
-        yield uri
-    finally:
-        stop_process(proc)
+    with local_stack("s3", folder=folder) as exported:
+        yield S3Server.from_env(exported)
 
 
 # --------------------------------------------------------------------------- Ray
-HEAD_IP = "127.0.0.2"
+HEAD_IP = with_ray.HEAD_IP
 WORKER_IP = "127.0.0.3"
 
 
@@ -390,20 +275,19 @@ def ray_auth_env(folder: Path) -> dict[str, str]:
         ``RAY_AUTH_MODE`` and ``RAY_AUTH_TOKEN_PATH`` for the nodes' and drivers' environment.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    token = folder / "ray_auth_token"
+    token = folder / "auth_token"
     if not token.exists():
-        token.touch(mode=0o600)
-        token.write_text(secrets.token_hex(32))
+        with_ray.write_token(str(folder))
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
 
 
 @contextmanager
 def ray_node(workdir: Path, num_cpus: int, head_address: str | None = None, node_ip: str = HEAD_IP,
              env: dict[str, str] | None = None) -> Iterator[str]:
-    """A Ray node in the foreground (``ray start --block``) that we stop ourselves.
+    """A Ray node started as ``infra/local/with-ray`` starts its head, and stopped the same way.
 
     ``ray stop`` would stop every Ray process of this user; here exactly what this context
-    started is stopped (its process group), and the head keeps its state in a private temp dir.
+    started is stopped (its process group), and a head keeps its state in a private temp dir.
 
     Args:
         workdir: folder for the node's logs (the head's temp dir goes under /tmp: socket paths are short).
@@ -418,96 +302,19 @@ def ray_node(workdir: Path, num_cpus: int, head_address: str | None = None, node
             (conftest.py sets one for the session, see ``ray_auth_env``).
 
     Yields:
-        The head's address ``127.0.0.1:PORT``.
+        The head's address ``host:port``.
     """
-    ray = find_tool("ray")
-    env = {**os.environ, **(env or {}), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
-           "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
-    if "RAY_AUTH_TOKEN_PATH" not in env and "RAY_AUTH_TOKEN" not in env:
+    base = {**os.environ, **(env or {})}
+    if "RAY_AUTH_TOKEN_PATH" not in base:
         raise RuntimeError("ray_node needs RAY_AUTH_TOKEN_PATH (see ray_auth_env): a fresh machine has no token")
-    if head_address is None:
-        port = free_port()
-        address = f"{node_ip}:{port}"
-        temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-        cmd = [ray, "start", "--head", "--block", f"--port={port}", f"--num-cpus={num_cpus}", "--num-gpus=0",
-               f"--node-ip-address={node_ip}", "--include-dashboard=false", "--disable-usage-stats",
-               f"--temp-dir={temp_dir}",
-               f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"]
-    else:
-        address, temp_dir = head_address, None
-        cmd = [ray, "start", "--block", f"--address={head_address}", f"--num-cpus={num_cpus}", "--num-gpus=0",
-               f"--node-ip-address={node_ip}", f"--node-manager-port={free_port()}",
-               f"--object-manager-port={free_port()}", "--disable-usage-stats"]
-    log_path = workdir / f"ray-{'head' if head_address is None else 'worker'}-{time.time_ns()}.log"
-    with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    node_env = with_ray.node_env(base["RAY_AUTH_TOKEN_PATH"], base)
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp") if head_address is None else None
+    log = workdir / f"ray-{'head' if head_address is None else 'worker'}-{time.time_ns()}.log"
+    node, address = with_ray.start_node(str(log), node_env, num_cpus, node_ip, head_address, temp_dir)
     try:
-        _wait_for_ray(address, proc, expected_cpus=None if head_address is None else num_cpus, env=env, log=log_path)
+        with_ray.wait_ready(address, node, str(log), node_env, min_nodes=0 if head_address is None else 2)
         yield address
     finally:
-        _stop_group(proc)
+        stop_process(node)
         if temp_dir:
             shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def _wait_for_ray(address: str, proc: subprocess.Popen, expected_cpus: int | None, env: dict, log: Path) -> None:
-    status = [find_tool("ray"), "status", f"--address={address}"]
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"ray start exited with {proc.returncode}{log_tail(log)}")
-        out = subprocess.run(status, check=False, capture_output=True, text=True, env=env)
-        if out.returncode == 0 and (expected_cpus is None or out.stdout.count("node_") >= 2):
-            return
-        time.sleep(1)
-    raise TimeoutError(f"Ray node for {address} not ready in 90 s{log_tail(log)}")
-
-
-def _stop_group(proc: subprocess.Popen, grace_s: float = 5) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # children that outlived the node process
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=10)
-
-
-# --------------------------------------------------------------------------- infra/local/stack
-def _port_pair() -> tuple[int, int]:
-    """A free port p whose gRPC twin p + 10000 is free too (SeaweedFS' convention)."""
-    for _ in range(100):
-        port = free_port()
-        if port + 10000 > 65535:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port, port + 10000
-    raise RuntimeError("no free port pair")
-
-
-@contextmanager
-def local_stack_env() -> Iterator[dict[str, str]]:
-    """Environment for ``infra/local/stack`` with a private state folder and free ports; stops the
-    stack (if a test started it) and removes the folder afterwards."""
-    # Not under pytest's tmp_path: as root, PostgreSQL runs as user postgres, which must be able
-    # to traverse the state folder's parents (pytest's are private to root).
-    state = Path(tempfile.mkdtemp(prefix="stack-test-"))
-    state.chmod(0o755)
-    env = {**os.environ, "STACK_DIR": str(state / "stack"), "STACK_WEED_GRPC_OFFSET": "10000"}
-    for var in ("STACK_S3_PORT", "STACK_WEED_MASTER_PORT", "STACK_WEED_VOLUME_PORT", "STACK_WEED_FILER_PORT",
-                "STACK_WEED_ADMIN_PORT"):  # fmt: skip
-        env[var] = str(_port_pair()[0])
-    env["STACK_PG_PORT"], env["STACK_MLFLOW_PORT"] = str(free_port()), str(free_port())
-    try:
-        yield env
-    finally:
-        subprocess.run([str(STACK_SCRIPT), "stop"], check=False, env=env, capture_output=True, timeout=60)
-        shutil.rmtree(state, ignore_errors=True)

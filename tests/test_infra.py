@@ -488,8 +488,8 @@ def stack_env() -> Iterator[dict[str, str]]:
         yield env
 
 
-def _stack(env: dict[str, str], command: str) -> subprocess.CompletedProcess[str]:
-    argv = [str(ROOT / "infra/local/stack"), command]
+def _stack(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [str(ROOT / "infra/local/stack"), *args]
     return subprocess.run(argv, check=False, env=env, capture_output=True, text=True, timeout=240)
 
 
@@ -498,8 +498,15 @@ def test_local_stack_starts_serves_and_stops(stack_env: dict[str, str]) -> None:
     import mlflow
     import psycopg2
 
-    started = _stack(stack_env, "start")
+    only_s3 = _stack(stack_env, "start", "s3")
+    assert only_s3.returncode == 0 and "seaweedfs: started" in only_s3.stdout, only_s3.stdout + only_s3.stderr
+    assert "postgres:" not in only_s3.stdout and "mlflow:" not in only_s3.stdout
+    assert _stack(stack_env, "status", "s3").returncode == 0
+    partial = _stack(stack_env, "status")
+    assert partial.returncode == 3 and partial.stdout.count("stopped") == 2, partial.stdout
+    started = _stack(stack_env, "start", "mlflow")  # and what MLflow needs: PostgreSQL, S3 (already up)
     assert started.returncode == 0, started.stdout + started.stderr
+    assert "postgres: started" in started.stdout and "seaweedfs: already running" in started.stdout
     state = Path(stack_env["STACK_DIR"])
     assert (state / "credentials").stat().st_mode & 0o077 == 0  # secrets readable by the owner only
     status = _stack(stack_env, "status")
@@ -516,7 +523,7 @@ def test_local_stack_starts_serves_and_stops(stack_env: dict[str, str]) -> None:
         assert cur.fetchone() == (1,)  # MLflow created its schema in this database
     conn.close()
 
-    s3 = S3Server(exported["AWS_ENDPOINT_URL"], exported["AWS_ACCESS_KEY_ID"], exported["AWS_SECRET_ACCESS_KEY"])
+    s3 = S3Server.from_env(exported)
     assert {"mlflow", "dvc"} <= {b["Name"] for b in s3.client().list_buckets()["Buckets"]}
     with pytest.raises(botocore.exceptions.ClientError):
         S3Server(s3.endpoint_url, "wrong", "wrong").client().list_buckets()
@@ -539,6 +546,10 @@ def test_local_stack_starts_serves_and_stops(stack_env: dict[str, str]) -> None:
     assert again.returncode == 0 and again.stdout.count("already running") == 3, again.stdout
     assert [int((state / "run" / f).read_text()) for f in ("weed.pid", "mlflow.pid")] == pids[:2]
 
+    only_mlflow = _stack(stack_env, "stop", "mlflow")
+    assert only_mlflow.returncode == 0 and only_mlflow.stdout.startswith("mlflow: stopped"), only_mlflow.stdout
+    assert _stack(stack_env, "status", "mlflow").returncode == 3
+    assert _stack(stack_env, "status", "postgres", "s3").returncode == 0
     stopped = _stack(stack_env, "stop")
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     deadline = time.monotonic() + 10
@@ -550,6 +561,13 @@ def test_local_stack_starts_serves_and_stops(stack_env: dict[str, str]) -> None:
     for port in ("STACK_PG_PORT", "STACK_S3_PORT", "STACK_MLFLOW_PORT"):
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", int(stack_env[port]))) != 0, port
+
+
+def test_local_stack_names_the_services_it_knows(stack_env: dict[str, str]) -> None:
+    unknown = _stack(stack_env, "start", "redis")
+    assert unknown.returncode != 0
+    assert "unknown service 'redis': choose from postgres, s3, mlflow" in unknown.stderr
+    assert not Path(stack_env["STACK_DIR"]).exists()  # refused before anything was created
 
 
 @pytest.mark.slow

@@ -3,13 +3,11 @@ alias on the best FID within one extractor — on the sqlite store and on the te
 
 from __future__ import annotations
 
-import re
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers import STACK_SCRIPT, local_stack_env
+from servers import local_stack
 from serving_models import log_tiny
 
 from components.registry import CHAMPION, champion_version, register_run
@@ -77,12 +75,8 @@ def test_a_run_without_a_logged_generator_is_a_clear_error(tmp_path: Path) -> No
 @pytest.fixture(scope="module")
 def team_stack() -> Iterator[dict[str, str]]:
     """The team stack (PostgreSQL + S3 behind an MLflow server), started by its own script."""
-    with local_stack_env() as env:
-        started = subprocess.run([str(STACK_SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=240,
-                                 check=False)
-        assert started.returncode == 0, started.stdout + started.stderr
-        exported = subprocess.run([str(STACK_SCRIPT), "env"], env=env, capture_output=True, text=True, check=True)
-        yield dict(re.findall(r"^export (\w+)=(\S+)$", exported.stdout, re.MULTILINE))
+    with local_stack() as exported:
+        yield exported
 
 
 @pytest.mark.slow

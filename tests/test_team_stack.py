@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import re
-import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -18,10 +17,9 @@ from pathlib import Path
 
 import pytest
 from project import make_project, read_json, run_stage
-from servers import STACK_SCRIPT, S3Server, local_stack_env, ray_node
+from servers import S3Server, local_stack, ray_node
 
 pytestmark = pytest.mark.slow
-STACK = str(STACK_SCRIPT)
 
 #: Variables that would let a process reach S3 on its own; stripped where a process must not.
 S3_VARS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
@@ -100,11 +98,8 @@ def test_wrong_s3_keys_fail_before_training(tmp_path: Path, s3_server: S3Server,
 @pytest.fixture(scope="module")
 def team_stack(isolated_environment) -> Iterator[dict[str, str]]:
     """``infra/local/stack`` started by its own script (private state and ports); what ``env`` exports."""
-    with local_stack_env() as stack_env:
-        started = subprocess.run([STACK, "start"], check=False, env=stack_env, capture_output=True, text=True, timeout=300)
-        assert started.returncode == 0, started.stdout + started.stderr
-        exported = subprocess.run([STACK, "env"], check=True, env=stack_env, capture_output=True, text=True, timeout=30).stdout
-        yield dict(re.findall(r"^export (\w+)=(\S+)$", exported, re.MULTILINE))
+    with local_stack() as exported:
+        yield exported
 
 
 def test_the_stacks_mlflow_refuses_strangers_and_the_pipeline_logs_with_its_credentials(
