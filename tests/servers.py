@@ -283,7 +283,7 @@ def ray_auth_env(folder: Path) -> dict[str, str]:
 
 @contextmanager
 def ray_node(workdir: Path, num_cpus: int, head_address: str | None = None, node_ip: str = HEAD_IP,
-             env: dict[str, str] | None = None) -> Iterator[str]:
+             env: dict[str, str] | None = None, hide: Path | None = None) -> Iterator[str]:
     """A Ray node started as ``infra/local/with-ray`` starts its head, and stopped the same way.
 
     ``ray stop`` would stop every Ray process of this user; here exactly what this context
@@ -300,6 +300,8 @@ def ray_node(workdir: Path, num_cpus: int, head_address: str | None = None, node
             for ``s3://`` checkpoint storage) reach workers: never through runtime_env, which Ray logs.
             The token comes from ``RAY_AUTH_TOKEN_PATH`` here or in the test process' environment
             (conftest.py sets one for the session, see ``ray_auth_env``).
+        hide: a folder this node and its workers must not see, as on a second machine: the node
+            runs in a mount namespace of its own with an empty tmpfs over it (needs root).
 
     Yields:
         The head's address ``host:port``.
@@ -310,7 +312,9 @@ def ray_node(workdir: Path, num_cpus: int, head_address: str | None = None, node
     node_env = with_ray.node_env(base["RAY_AUTH_TOKEN_PATH"], base)
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp") if head_address is None else None
     log = workdir / f"ray-{'head' if head_address is None else 'worker'}-{time.time_ns()}.log"
-    node, address = with_ray.start_node(str(log), node_env, num_cpus, node_ip, head_address, temp_dir)
+    under = [] if hide is None else [
+        "unshare", "--mount", "--propagation", "private", "sh", "-c", 'mount -t tmpfs hidden "$0" && exec "$@"', str(hide)]
+    node, address = with_ray.start_node(str(log), node_env, num_cpus, node_ip, head_address, temp_dir, under)
     try:
         with_ray.wait_ready(address, node, str(log), node_env, min_nodes=0 if head_address is None else 2)
         yield address

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from project import make_project, read_json, run_stage
-from servers import WORKER_IP, ray_node
+from servers import HEAD_IP, WORKER_IP, ray_node
 
 from components.config import LoadingConfig
 from components.data.dataset import DataError, load_split
@@ -80,12 +85,27 @@ def test_two_workers_twice_give_identical_weights_and_losses(tmp_path, ray_addre
     assert losses[0] == losses[1]
 
 
+LOOK = """\
+import json, os, sys, ray
+ray.init(address=sys.argv[1], logging_level="error")
+look = ray.remote(num_cpus=0, resources={f"node:{sys.argv[2]}": 0.01})(lambda p: sorted(os.listdir(p)))
+print(json.dumps(ray.get(look.remote(sys.argv[3]))))
+"""
+
+
 @pytest.mark.slow
 def test_a_rank_on_a_second_node_gets_its_share(tmp_path) -> None:
-    """Two nodes, one worker each; the shards are read with ``local://`` on the driver's node
-    (the head's), and the worker on the other node trains on its share from the object store."""
-    with ray_node(tmp_path, num_cpus=1) as head, ray_node(tmp_path, num_cpus=1, head_address=head, node_ip=WORKER_IP):
-        project = make_project(tmp_path / "p", {"ray": {"placement_strategy": "SPREAD"}})
+    """Two nodes, one worker each; the second node cannot see the prepared data (an empty tmpfs over
+    the folder in its own mount namespace, as on a second machine): the shards are read with
+    ``local://`` on the driver's node, the head's, and the other rank trains on its share from the
+    object store."""
+    project = make_project(tmp_path / "p", {"ray": {"placement_strategy": "SPREAD"}})
+    prepared_dir = project / "data" / "prepared"
+    with ray_node(tmp_path, num_cpus=1) as head, \
+            ray_node(tmp_path, num_cpus=1, head_address=head, node_ip=WORKER_IP, hide=prepared_dir):
+        seen = subprocess.run([sys.executable, "-c", LOOK, head, WORKER_IP, str(prepared_dir)], check=True,
+                              capture_output=True, text=True, env={**os.environ, "RAY_NODE_IP_ADDRESS": HEAD_IP})
+        assert json.loads(seen.stdout.splitlines()[-1]) == [] and any(prepared_dir.iterdir())
         run_stage(project, "train", "--model", "gan", env={"RAY_ADDRESS": head})
         run_stage(project, "classifier", env={"RAY_ADDRESS": head})
     workers = read_json(project / "models" / "gan" / "workers.json")
