@@ -42,8 +42,12 @@ setup: venv
 run: setup
 	$(PY) infra/local/with-ray -- $(VENV)/bin/dvc repro
 
+# Two test files at a time (pytest-xdist, a file stays on one worker: module fixtures are shared):
+# a Ray stage keeps this 2-core machine only ~2/3 busy (imports, actor start-up, waits), and the
+# container tests mostly wait on Docker. conftest.py puts the longest files first. TEST_JOBS=0: serial.
+TEST_JOBS ?= 2
 test: setup
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder)
 
 # Only the tests on the Docker engine (they start it, build the image and run the compose cluster).
 test-containers: venv
