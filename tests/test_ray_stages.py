@@ -108,12 +108,11 @@ def test_worker_fault_is_survived_through_failure_config(tmp_path, ray_address):
     assert {w["step"] for w in workers} == {8}  # finished from the epoch-1 checkpoint, not from 0
 
 
-def test_interrupted_stage_resumes_to_the_uninterrupted_weights(tmp_path, ray_address):
+def test_interrupted_stage_resumes_to_the_uninterrupted_weights(tmp_path, trained, ray_address):
+    """The reference is ``trained``'s vae: same data and config (max_failures and log_every do
+    not touch the weights), trained without interruption."""
     env = {"RAY_ADDRESS": ray_address}
     settings = ["--model", "vae", "--set", "ray.max_failures=0", "--set", "train.vae.log_every=2"]
-    reference = make_project(tmp_path / "reference")
-    run_stage(reference, "train", *settings, env=env)
-
     project = make_project(tmp_path / "interrupted")
     marker = tmp_path / "fault-fired"
     failed = run_stage(project, "train", *settings, check=False,
@@ -122,7 +121,7 @@ def test_interrupted_stage_resumes_to_the_uninterrupted_weights(tmp_path, ray_ad
     assert not (project / "models" / "vae").exists()  # no half output for DVC to cache
     resumed = run_stage(project, "train", *settings, env=env)
     assert "resumed from epoch 1" in resumed.stderr + resumed.stdout
-    want = read_json(reference / "models" / "vae" / "workers.json")[0]["weights"]
+    want = read_json(trained / "models" / "vae" / "workers.json")[0]["weights"]
     assert read_json(project / "models" / "vae" / "workers.json")[0]["weights"] == want
 
 
