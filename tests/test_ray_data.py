@@ -14,7 +14,7 @@ from servers import HEAD_IP, WORKER_IP, ray_node
 
 from components.config import LoadingConfig
 from components.data.dataset import DataError, load_split
-from components.distributed.datasets import ArraySource, LocalData, prepared
+from components.distributed.datasets import ArraySource, LocalData, blocks_dataset, prepared, put_block
 from components.distributed.inference_jobs import merge_chunks
 from components.distributed.runner import check_small
 
@@ -68,6 +68,31 @@ def test_array_source_rows_in_plain_mode() -> None:
 def ray_address(tmp_path_factory):
     with ray_node(tmp_path_factory.mktemp("ray"), num_cpus=2) as address:
         yield address
+
+
+def test_blocks_put_by_the_driver_make_the_dataset_from_arrow_refs_makes(ray_address, monkeypatch) -> None:
+    """Same rows, blocks, row counts and schema as Ray's public ``from_arrow_refs`` (which computes
+    the metadata in remote tasks), without submitting a task."""
+    import pyarrow as pa
+    import ray
+    import ray.data
+    import ray.remote_function
+
+    def no_task(*args, **kwargs):
+        raise AssertionError("a task was submitted")
+
+    ray.init(address=ray_address, logging_level="error")
+    try:
+        tables = [pa.table({"image": [bytes([i, i])] * n, "label": [i] * n}) for i, n in enumerate((3, 5, 1))]
+        with monkeypatch.context() as patched:
+            patched.setattr(ray.remote_function.RemoteFunction, "_remote", no_task)
+            ours = blocks_dataset([put_block(t) for t in tables])
+        theirs = ray.data.from_arrow_refs([ray.put(t) for t in tables])
+        assert ours.num_blocks() == theirs.num_blocks() == 3 and ours.count() == theirs.count() == 9
+        assert ours.schema() == theirs.schema()
+        assert ours.take_all() == theirs.take_all()
+    finally:
+        ray.shutdown()
 
 
 @pytest.mark.slow

@@ -61,15 +61,12 @@ class PreparedSource:
         workers hold every CPU of a small cluster (2 workers on 2 CPUs), so it would wait forever.
         Ray spills blocks beyond the object store's size to disk; ranks fetch only their own.
         """
-        import ray
-        import ray.data
-
         del world_size  # streaming_split(equal=True) evens the ranks out, dropping at most W - 1 rows
-        refs = []
+        blocks = []
         for f in self.files:  # one shard in this process' memory at a time
             table = pq.read_table(f, columns=["image", "label"])
-            refs += [ray.put(table.slice(s, ROWS_PER_BLOCK)) for s in range(0, len(table), ROWS_PER_BLOCK)]
-        return ray.data.from_arrow_refs(refs)
+            blocks += [put_block(table.slice(s, ROWS_PER_BLOCK)) for s in range(0, len(table), ROWS_PER_BLOCK)]
+        return blocks_dataset(blocks)
 
 
 @dataclass(frozen=True)
@@ -90,18 +87,45 @@ class ArraySource:
         return image_table(images, index=index, **({} if labels is None else {"label": labels}))
 
     def ray_dataset(self, world_size: int) -> Any:
-        import ray.data
-
         n = len(self.images)
         pad = -n % world_size
         take = np.concatenate([np.arange(n), np.arange(pad) % max(n, 1)])
         index = np.concatenate([np.arange(n), np.full(pad, PAD)])
         table = self._table(self.images[take], index, None if self.labels is None else self.labels[take])
-        blocks = [table.slice(s, ROWS_PER_BLOCK) for s in range(0, len(table), ROWS_PER_BLOCK)] or [table]
-        return ray.data.from_arrow(blocks)
+        slices = [table.slice(s, ROWS_PER_BLOCK) for s in range(0, len(table), ROWS_PER_BLOCK)] or [table]
+        return blocks_dataset([put_block(t) for t in slices])
 
 
 Source = PreparedSource | ArraySource
+
+
+def put_block(table: pa.Table) -> tuple[Any, Any]:
+    """``table`` into the object store, with its Ray Data block metadata computed here."""
+    import ray
+    from ray.data._internal.util import get_table_block_metadata_schema
+
+    return ray.put(table), get_table_block_metadata_schema(table)
+
+
+def blocks_dataset(blocks: list[tuple[Any, Any]]) -> Any:
+    """``ray.data.from_arrow_refs`` for blocks this process put, with the metadata it computed.
+
+    ``from_arrow_refs`` computes each block's metadata in a remote task, which costs the job one
+    more worker process (≈ 3 CPU-s to start on this 2-core machine, for a row count and a schema
+    the driver already has). This builds the same ``MaterializedDataset`` the way it does, from
+    Ray's internal classes (the lock pins Ray; ``tests/test_ray_data.py`` compares the two).
+    """
+    from ray.data._internal.logical.interfaces import LogicalPlan
+    from ray.data._internal.logical.operators import FromArrow
+    from ray.data._internal.stats import DatasetStats
+    from ray.data.context import DataContext
+    from ray.data.dataset import MaterializedDataset
+
+    refs = [ref for ref, _ in blocks]
+    metadata = [meta for _, meta in blocks]
+    context = DataContext.get_current().copy()
+    return MaterializedDataset(LogicalPlan(FromArrow(refs, metadata), context), context,
+                               DatasetStats(metadata={"FromArrow": metadata}, parent=None))
 
 
 def prepared(data_dir: str | Path, split: str) -> PreparedSource:
