@@ -190,8 +190,15 @@ def stage_speed(cfg: Any, spec: DataSpec, images: np.ndarray, labels: np.ndarray
         epochs = [row for row in json.loads((result / HISTORY_FILE).read_text()) if "epoch" in row]
     finally:
         shutil.rmtree(result, ignore_errors=True)
-    rates = [row["images_per_s"] for row in epochs[1:]]  # the first epoch is warm-up
+    timed_epochs = epochs[1:]  # the first epoch is warm-up
+    rates = [row["images_per_s"] for row in timed_epochs]
+    # one worker: its training thread's images per CPU-second, and the share of the epoch it was on a CPU
+    cpu_rates = [row["images_per_s"] * row["epoch_seconds"] / row["epoch_cpu_seconds"] for row in timed_epochs
+                 if row.get("epoch_cpu_seconds")]
+    on_cpu = [row["epoch_cpu_seconds"] / row["epoch_seconds"] for row in timed_epochs if row.get("epoch_cpu_seconds")]
     return {"images_per_s": median(rates), "rates": rates, "wall_s": wall,
+            "images_per_cpu_s": median(cpu_rates) if cpu_rates else None,
+            "on_cpu": median(on_cpu) if on_cpu else None,
             "stage_overhead_s": wall - sum(row["epoch_seconds"] for row in epochs)}
 
 
@@ -269,6 +276,9 @@ def main() -> None:
                             stage_speed(best_cfg, spec, images[:n], labels[:n], device, threads, folder).items()})
                 row["c"] = row.pop("c_images_per_s")
                 row["c_over_b"] = row["c"] / row["b"]
+                b_cpu = row["candidates"][row["b_settings"]]["images_per_cpu_s"]
+                c_cpu = row.pop("c_images_per_cpu_s")
+                row["c_over_b_cpu_time"] = c_cpu / b_cpu if c_cpu and b_cpu and device.type == "cpu" else None
                 if args.stream:
                     row["c_stream"] = stage_speed(best_cfg, spec, images[:n], labels[:n], device, threads, folder,
                                                   loading="stream")["images_per_s"]
@@ -295,10 +305,11 @@ def report(result: dict[str, Any]) -> None:
     print(f"\ntrain_speed on {result['device']} ({result.get('gpu') or result['cpu']}), batch {result['batch_size']}, "
           f"{result['threads']} thread(s), torch {result['torch']}, load {result['load_avg_1m']}")
     rows = [(f, r["a"], r["b"], r["b_settings"], r.get("c"), r["b_over_a"], r["b_over_a_cpu_time"],
-             r.get("c_over_b"), r.get("c_stage_overhead_s"), r["steps_per_epoch"])
+             r.get("c_over_b"), r.get("c_over_b_cpu_time"), r.get("c_on_cpu"), r.get("c_stage_overhead_s"),
+             r["steps_per_epoch"])
             for f, r in result["families"].items()]
     print_table(["family", "(a) textbook img/s", "(b) project img/s", "(b) settings", "(c) stage img/s", "b/a",
-                 "b/a CPU-time", "c/b", "(c) overhead s", "steps/epoch"], rows)
+                 "b/a CPU-time", "c/b", "c/b CPU-time", "(c) on CPU", "(c) overhead s", "steps/epoch"], rows)
     rows = [(f, n, c["images_per_s"], c["images_per_cpu_s"], c["warmup_s"], c["error"] or "")
             for f, r in result["families"].items() for n, c in r["candidates"].items()]
     print()

@@ -295,6 +295,7 @@ class MlflowCallback:
     def on_epoch_end(self, model: TrainableModel, stats: EpochStats) -> None:
         done = stats.epoch + 1
         self.logger.log_metrics({"train/epoch": done, "train/epoch_seconds": stats.seconds,
+                                 "train/epoch_cpu_seconds": stats.cpu_seconds,
                                  "train/images_per_s": stats.images_per_s * self.world_size,
                                  **{f"train/epoch_{k}": v for k, v in stats.losses.items()}}, model.step)
         from components.models.base import GenerativeModel

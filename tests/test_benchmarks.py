@@ -62,8 +62,9 @@ def test_train_speed_quick_reports_every_variant_for_every_family():
     assert not any("c" in row for row in result["families"].values())  # --no-stage
     if stage:
         row = one["families"]["vae"]
-        for key in ("c", "c_over_b", "c_stage_overhead_s", "c_wall_s"):
+        for key in ("c", "c_over_b", "c_over_b_cpu_time", "c_stage_overhead_s", "c_wall_s"):
             assert positive(row[key]), ("vae", key, row[key])
+        assert 0 < row["c_on_cpu"] <= 1.05  # the training thread's CPU time over the epoch's wall time
         assert len(row["c_rates"]) == one["repeats"]  # epochs 2.. of the run's history
         assert one["ray_worker_threads"] == 1  # (c) ran with the threads (a) and (b) had
 

@@ -135,6 +135,8 @@ def test_loop_reports_finite_epoch_losses_and_speed():
     assert all(math.isfinite(v) for s in history for v in s.losses.values())
     assert history[-1].losses["loss"] < history[0].losses["loss"]
     assert history[0].images_per_s > 0
+    # the training thread's own CPU time: positive, and no more than the epoch's wall time (one torch thread)
+    assert all(0 < s.cpu_seconds <= s.seconds * 1.01 + 0.01 for s in history)
 
 
 def test_sampling_a_loaded_model_builds_no_optimiser():

@@ -67,7 +67,7 @@ class HistoryCallback(Callback):
 
     def on_epoch_end(self, model: TrainableModel, stats: EpochStats) -> None:
         self.history.append({"step": model.step, "epoch": stats.epoch + 1, "epoch_seconds": stats.seconds,
-                             "images_per_s": stats.images_per_s * self.world_size})
+                             "epoch_cpu_seconds": stats.cpu_seconds, "images_per_s": stats.images_per_s * self.world_size})
 
 
 class FaultInjection(Callback):

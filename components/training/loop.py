@@ -34,6 +34,10 @@ class EpochStats:
     images: int
     seconds: float
     losses: dict[str, float] = field(default_factory=dict)
+    # CPU time of the training thread (time.thread_time) over the epoch: with one torch thread,
+    # ``cpu_seconds / seconds`` is the share of the epoch it computed rather than waited (for a
+    # core, a peer rank's all-reduce, a batch)
+    cpu_seconds: float = 0.0
 
     @property
     def images_per_s(self) -> float:
@@ -125,7 +129,7 @@ def fit(
         window: Tensor | None = None  # sums since the last log
         epoch_sum: Tensor | None = None  # sums of the epoch's finished windows
         window_steps, steps = 0, 0
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.thread_time()
         for images, labels in loader:
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -148,10 +152,11 @@ def fit(
             epoch_sum = window if epoch_sum is None else epoch_sum.add_(window)
         if model.device.type == "cuda":
             torch.cuda.synchronize(model.device)
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.thread_time() - cpu_start
         means = {} if epoch_sum is None else dict(zip(keys, (epoch_sum / max(steps, 1)).tolist(), strict=True))
         _check_finite(means, model.step)
-        stats = EpochStats(epoch=epoch, steps=steps, images=steps * loader.batch_size, seconds=seconds, losses=means)
+        stats = EpochStats(epoch=epoch, steps=steps, images=steps * loader.batch_size, seconds=seconds, losses=means,
+                           cpu_seconds=cpu_seconds)
         history.append(stats)
         for cb in callbacks:
             cb.on_epoch_end(model, stats)
