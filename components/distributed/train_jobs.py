@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,16 @@ FAULT_MARKER_ENV = "GENMODELS_FAULT_MARKER"  # file created when the fault fired
 
 
 class ReportCallback(Callback):
-    """Checkpoint every ``every`` epochs (and at the end) through the session; rank 0 writes the file."""
+    """Checkpoint every ``every`` epochs (and at the end) through the session; rank 0 writes the file.
 
-    def __init__(self, session: Session, name: str, every: int, epochs: int, history: list[dict]):
+    ``before_checkpoint`` (rank 0's MLflow flush) runs first: a run resumed from this checkpoint
+    never logs the epochs before it again, so what was logged up to it must already be stored.
+    """
+
+    def __init__(self, session: Session, name: str, every: int, epochs: int, history: list[dict],
+                 before_checkpoint: Callable[[], None] | None = None):
         self.session, self.name, self.every, self.epochs, self.history = session, name, every, epochs, history
+        self.before_checkpoint = before_checkpoint
 
     def on_epoch_end(self, model: TrainableModel, stats: EpochStats) -> None:
         done = stats.epoch + 1
@@ -45,6 +52,8 @@ class ReportCallback(Callback):
         if done % self.every and done != self.epochs:
             self.session.report(metrics)
             return
+        if self.before_checkpoint is not None:
+            self.before_checkpoint()
         with tempfile.TemporaryDirectory() as folder:
             if self.session.rank == 0:
                 save_checkpoint(Path(folder) / CHECKPOINT_FILE, checkpoint_payload(model, name=self.name, epoch=done))
@@ -116,7 +125,8 @@ def _train(job: dict[str, Any], session: Session) -> tuple[TrainableModel, list[
         from components.training.callbacks import ProgressBar
 
         callbacks.append(ProgressBar(cfg.epochs * len(loader), desc=f"train {job['name']}"))
-    callbacks.append(ReportCallback(session, job["name"], cfg.checkpoint_every, cfg.epochs, history))
+    callbacks.append(ReportCallback(session, job["name"], cfg.checkpoint_every, cfg.epochs, history,
+                                    before_checkpoint=logger.flush if logger is not None else None))
     try:
         stats = fit(model, loader, epochs=cfg.epochs, seed=cfg.seed, start_epoch=start_epoch, rank=session.rank,
                     log_every=cfg.log_every, channels_last=cfg.channels_last, callbacks=callbacks)
