@@ -138,9 +138,9 @@ def start_ray(threads: int, device: torch.device) -> tuple[str, int]:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
-    from components.distributed.runner import FORWARDED_ENV, PROJECT_ROOT
+    from components.distributed.runner import PROJECT_ROOT, worker_env
 
-    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    env = worker_env()  # as the stages' workers get it
     env["OMP_NUM_THREADS"] = str(threads)  # what Ray gives a worker of `threads` CPUs, made explicit
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     ray.init(address="local", num_cpus=threads + 1, num_gpus=int(device.type == "cuda"), include_dashboard=False,

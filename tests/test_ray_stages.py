@@ -134,6 +134,42 @@ def test_unreachable_tracking_server_fails_before_training(tmp_path, ray_address
     assert not (project / "ray_results").exists()  # no Ray job was started
 
 
+WORKER_ENV_PROBE = """
+import os, ray
+from components.config import RayConfig
+from components.distributed.runner import connect
+connect(RayConfig())
+names = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+for name, value in zip(names, ray.get(ray.remote(lambda: [os.environ.get(n) for n in names]).remote())):
+    print(f"{name}={value}")
+"""
+
+
+@pytest.mark.parametrize(("driver_value", "worker_value"), [(None, "1"), ("4", "4")])
+def test_workers_get_the_malloc_settings_unless_the_driver_says_otherwise(tmp_path, ray_address, driver_value,
+                                                                          worker_value):
+    """A job's workers start with one malloc arena and fixed mmap/trim thresholds (else Ray Train's
+    training thread faults fresh pages in every step: docs/benchmarks.md); the driver's own value wins."""
+    import os
+    import subprocess
+    import sys
+
+    from project import ROOT
+    from servers import HEAD_IP
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env.update({"PYTHONPATH": str(ROOT), "RAY_ADDRESS": ray_address, "RAY_NODE_IP_ADDRESS": HEAD_IP,
+                "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"})
+    if driver_value:
+        env["MALLOC_ARENA_MAX"] = driver_value
+    run = subprocess.run([sys.executable, "-c", WORKER_ENV_PROBE], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stdout.splitlines()
+    assert f"MALLOC_ARENA_MAX={worker_value}" in lines
+    assert f"MALLOC_MMAP_THRESHOLD_={64 << 20}" in lines and f"MALLOC_TRIM_THRESHOLD_={256 << 20}" in lines
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_reference_features_are_the_saved_checkpoints(trained, ray_address, workers):
     """Every rank embeds with the saved checkpoint's state: a re-extraction from checkpoint.pt
