@@ -14,6 +14,7 @@ import math
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -73,6 +74,27 @@ def has_module(name: str) -> bool:
         return False
 
 
+def use_worker_allocator(choice: str) -> None:
+    """``choice == "workers"``: run this process with the malloc settings Ray workers get.
+
+    glibc reads them only at start-up, so the process re-executes itself once with them set
+    (values already in the environment win, as they do for the workers). Then (a), (b) and (c)
+    compare loops under one allocator, not the allocator of a driver with a Train worker's.
+    """
+    from components.distributed.malloc import MALLOC_SETTINGS
+
+    missing = {k: v for k, v in MALLOC_SETTINGS.items() if k not in os.environ}
+    if choice == "workers" and missing:
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **missing})
+
+
+def allocator_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allocator", choices=("workers", "glibc"), default="workers",
+                   help="workers (default): this process trains with the malloc settings the stage's Ray "
+                        "workers get (components/distributed/malloc.py); glibc: glibc's defaults here")
+
+
 # --------------------------------------------------------------------------- configs
 def family_configs(quick: bool, families: Sequence[str]) -> dict[str, Any]:
     """The validated training section of each family: params.yaml's, or the smoke profile's (``quick``).
@@ -119,6 +141,7 @@ def machine() -> dict[str, Any]:
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "malloc": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")},
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import (
+    allocator_args,
     common_args,
     emit_json,
     family_configs,
@@ -31,6 +32,7 @@ from benchmarks.common import (
     parse_families,
     print_table,
     setup_threads,
+    use_worker_allocator,
     with_settings,
 )
 from benchmarks.train_speed import CPU_STEPS, ProjectRunner, stage_speed, start_ray
@@ -76,7 +78,9 @@ def main() -> None:
     p = common_args(__doc__.split("\n")[0])
     p.add_argument("--batch-size", type=int, default=None, help="default 128 (quick: 32)")
     p.add_argument("--repeats", type=int, default=None, help="timed epochs after the warm-up one (default 5)")
+    allocator_args(p)
     args = p.parse_args()
+    use_worker_allocator(args.allocator)
     threads = setup_threads(torch.device("cpu"), args.threads)
     families = parse_families(args.families)
     batch = args.batch_size or (32 if args.quick else 128)

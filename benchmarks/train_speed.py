@@ -13,6 +13,8 @@ is the median of the others. (a) and every (b) candidate run one epoch each in t
 change in machine load hits them alike. (c) reads the worker's own epoch clock from the
 run's history (so Ray start-up is not in the rate) and reports the job's remaining wall
 time (start-up, per-epoch checkpoints and sample grids, teardown) as ``stage_overhead_s``.
+By default the script runs under the malloc settings the stage's Ray workers get
+(``--allocator``), so c/b compares the stage's machinery, not two allocators.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import (
+    allocator_args,
     common_args,
     emit_json,
     family_configs,
@@ -39,6 +42,7 @@ from benchmarks.common import (
     pick_device,
     print_table,
     setup_threads,
+    use_worker_allocator,
     with_settings,
 )
 from benchmarks.textbook import TextbookRunner
@@ -243,7 +247,9 @@ def main() -> None:
                         f"(default cpu: {DEFAULT_CANDIDATES['cpu']}; cuda: {DEFAULT_CANDIDATES['cuda']})")
     p.add_argument("--no-stage", action="store_true", help="skip (c), the Ray Train + MLflow run")
     p.add_argument("--stream", action="store_true", help="also run (c) streaming its data (data.loading.mode: stream)")
+    allocator_args(p)
     args = p.parse_args()
+    use_worker_allocator(args.allocator)
     device = pick_device(args.device)
     threads = setup_threads(device, args.threads)
     families = parse_families(args.families)

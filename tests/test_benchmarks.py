@@ -18,6 +18,7 @@ from benchmarks.common import FAMILIES
 from benchmarks.train_speed import fuse_optimizers, parse_candidate
 from components.config import GANConfig
 from components.data.loader import TensorLoader
+from components.distributed.malloc import MALLOC_SETTINGS
 from components.models import build_model
 from components.models.base import DataSpec, TrainableModel
 from components.training.loop import Callback, fit
@@ -28,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_quick(module: str, *args: str, table: str = "| family") -> dict:
     """Run ``python -m module --quick`` on one CPU thread; the last stdout line is the JSON result."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
-    for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):  # the benchmark starts and uses its own
+    for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", *MALLOC_SETTINGS):  # the benchmark starts and uses its own
         env.pop(name, None)
     run = subprocess.run([sys.executable, "-m", module, "--quick", "--device", "cpu", "--threads", "1", *args],
                          check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -47,12 +48,15 @@ def positive(value: object) -> bool:
 def test_train_speed_quick_reports_every_variant_for_every_family():
     """(a) and (b) for every family; (c), a Ray Train job each, for one: its machinery
     (``run_job(train_job)``) is the same for every family, whose train stages all run on Ray in
-    tests/test_pipeline_e2e.py. Four Ray jobs fewer: ~2.5 minutes of CI."""
-    result = run_quick("benchmarks.train_speed", "--no-stage")
+    tests/test_pipeline_e2e.py. Four Ray jobs fewer: ~2.5 minutes of CI. The first run keeps
+    glibc's malloc defaults; the second trains (a) and (b) under the workers' settings (the default)."""
+    result = run_quick("benchmarks.train_speed", "--no-stage", "--allocator", "glibc")
     assert result["benchmark"] == "train_speed" and result["device"] == "cpu" and result["threads"] == 1
     assert set(result["families"]) == set(FAMILIES)
+    assert result["malloc"] == {}
     one = run_quick("benchmarks.train_speed", "--families", "vae")
     assert set(one["families"]) == {"vae"}
+    assert one["malloc"] == MALLOC_SETTINGS  # the process re-ran itself with the Ray workers' settings
     stage = importlib.util.find_spec("ray") is not None and importlib.util.find_spec("mlflow") is not None
     for family, row in [*result["families"].items(), *one["families"].items()]:
         for key in ("a", "b", "b_over_a", "b_over_a_cpu_time"):

@@ -24,6 +24,7 @@ import torch
 
 from components.config import RayConfig
 from components.distributed.datasets import Source, ray_datasets
+from components.distributed.malloc import MALLOC_SETTINGS
 from components.distributed.session import Session
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -32,17 +33,9 @@ FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_
                  "GENMODELS_FAULT_AT_STEP", "GENMODELS_FAULT_MARKER", "OMP_NUM_THREADS",
                  "GENMODELS_IMAGE", "GENMODELS_GIT_COMMIT", "MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_",
                  "MALLOC_TRIM_THRESHOLD_")
-# glibc's malloc in every worker, unless the driver's environment says otherwise. In a Ray Train
-# worker the train function runs in a thread of its own, on a malloc arena of its own, and
-# glibc's adaptive mmap threshold stays at 128 KiB there: every tensor above it (a VAE's batch
-# activations) is a fresh mmap whose pages fault in on every step, and freed heap is trimmed
-# back to the kernel. Measured in the VAE train stage: 210-270 k minor faults and 0.4-0.5 s of
-# system time per 30-step epoch, c/b 0.67; with these, no faults after the first epoch and the
-# stage as fast as the plain loop (docs/benchmarks.md, "Where the Ray Train worker's extra CPU
-# went"). The cost: up to 256 MiB of freed memory a worker keeps instead of returning it.
-# glibc reads these when a process starts, so they go into the workers' environment.
-WORKER_ENV_DEFAULTS = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(64 << 20),
-                       "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
+# glibc's malloc in every worker (components/distributed/malloc.py says why), unless the driver's
+# environment says otherwise.
+WORKER_ENV_DEFAULTS = MALLOC_SETTINGS
 
 MAX_JOB_BYTES = 64 << 20  # a job dict holds settings and model weights (a few MB), never data
 
