@@ -110,7 +110,16 @@ class RaySession:
         if checkpoint is None:
             yield None
             return
-        with checkpoint.as_directory() as folder:
+        import pyarrow.fs
+
+        if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+            yield Path(checkpoint.path)
+            return
+        # Each worker downloads its own copy rather than using ``as_directory``: Ray's shared
+        # temporary folder races when one worker deletes it just as another on the same node
+        # starts to read ("Checkpoint directory ... does not exist", seen in CI with 2 workers).
+        with tempfile.TemporaryDirectory(prefix="genmodels-resume-") as folder:
+            checkpoint.to_directory(folder)
             yield Path(folder)
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
