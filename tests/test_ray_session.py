@@ -11,9 +11,12 @@ import types
 from pathlib import Path
 
 import pyarrow.fs
-import ray.train as ray_train
 
 from components.distributed.session import RaySession
+
+# Ray is imported inside the tests, as everywhere in tests/: importing it at collection time, before
+# conftest's ray_token fixture sets RAY_AUTH_MODE, fixes this process' auth mode to 'disabled' and
+# a later in-process ray.init() to a token cluster fails (seen in CI).
 
 
 def session_resuming_from(checkpoint: object) -> RaySession:
@@ -23,6 +26,8 @@ def session_resuming_from(checkpoint: object) -> RaySession:
 
 
 def test_overlapping_readers_of_a_remote_checkpoint_get_private_copies(tmp_path: Path) -> None:
+    import ray.train as ray_train
+
     store = tmp_path / "store"
     (store / "checkpoint_000001").mkdir(parents=True)
     (store / "checkpoint_000001" / "checkpoint.pt").write_bytes(b"weights")
@@ -42,6 +47,8 @@ def test_overlapping_readers_of_a_remote_checkpoint_get_private_copies(tmp_path:
 
 
 def test_a_local_checkpoint_is_read_in_place(tmp_path: Path) -> None:
+    import ray.train as ray_train
+
     (tmp_path / "checkpoint.pt").write_bytes(b"weights")
     session = session_resuming_from(ray_train.Checkpoint.from_directory(str(tmp_path)))
     with session.latest_checkpoint() as folder:
