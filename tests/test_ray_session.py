@@ -43,7 +43,7 @@ def test_overlapping_readers_of_a_remote_checkpoint_get_private_copies(tmp_path:
         assert not folder_a.exists()
         assert (folder_b / "checkpoint.pt").read_bytes() == b"weights"
     assert not folder_b.exists()
-    assert (store / "checkpoint_000001" / "checkpoint.pt").exists()  # the stored checkpoint is untouched
+    assert (store / "checkpoint_000001" / "checkpoint.pt").read_bytes() == b"weights"  # the stored one is untouched
 
 
 def test_a_local_checkpoint_is_read_in_place(tmp_path: Path) -> None:
@@ -53,4 +53,4 @@ def test_a_local_checkpoint_is_read_in_place(tmp_path: Path) -> None:
     session = session_resuming_from(ray_train.Checkpoint.from_directory(str(tmp_path)))
     with session.latest_checkpoint() as folder:
         assert folder == tmp_path
-    assert (tmp_path / "checkpoint.pt").exists()
+    assert (tmp_path / "checkpoint.pt").read_bytes() == b"weights"  # read in place, not deleted on exit
