@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -179,15 +181,15 @@ def test_paths_are_spelled_only_in_the_layout_module() -> None:
     assert not offenders, offenders
 
 
-@pytest.mark.slow
-def test_touching_the_metrics_code_makes_dvc_flag_the_classifier_and_every_evaluate(tmp_path: Path) -> None:
-    """With every stage recorded as up to date, an edit of components/metrics/fid.py (an overlay
-    section, a family's model module) leaves exactly the stages that run it out of date."""
+def recorded_copy(tmp_path: Path) -> tuple[Path, Callable[..., str]]:
+    """A git + DVC copy of the project's pipeline and code (as a clone has them: no bytecode) with
+    every stage recorded as up to date (placeholder outputs, ``dvc commit``); returns the copy and
+    a ``dvc`` runner in it."""
     repo = tmp_path / "repo"
     repo.mkdir()
     for tracked in ("dvc.yaml", "params.yaml", "profiles", *CODE):
         copy = shutil.copytree if (ROOT / tracked).is_dir() else shutil.copy
-        copy(ROOT / tracked, repo / tracked, **({"ignore": shutil.ignore_patterns("__pycache__")}
+        copy(ROOT / tracked, repo / tracked, **({"ignore": shutil.ignore_patterns("__pycache__", "*.pyc")}
                                                   if copy is shutil.copytree else {}))
     dvc = [str(Path(sys.executable).parent / "dvc")]
     env = {"DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
@@ -199,6 +201,7 @@ def test_touching_the_metrics_code_makes_dvc_flag_the_classifier_and_every_evalu
 
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     run("init", "-q")
+    shutil.copy(ROOT / ".dvcignore", repo / ".dvcignore")
     # every output as a placeholder, then `dvc commit`: the lock records the current code's hashes
     names = [name for name, *_ in STAGES]
     for name, _, stage, subs in STAGES:
@@ -214,6 +217,31 @@ def test_touching_the_metrics_code_makes_dvc_flag_the_classifier_and_every_evalu
     (repo / "data" / "prepared" / "meta.json").write_text("{}\n")
     run("commit", "--force", *names)
     assert "up to date" in run("status").lower()
+    return repo, run
+
+
+@pytest.mark.slow
+def test_bytecode_beside_the_sources_leaves_every_stage_up_to_date(tmp_path: Path) -> None:
+    """Python writes ``__pycache__`` beside the modules a stage imports (where
+    PYTHONDONTWRITEBYTECODE is unset, as on a user's machine): .dvcignore keeps it out of the
+    directory dependencies' hashes, so nothing is re-run for it."""
+    repo, run = recorded_copy(tmp_path)
+    modules = sorted(".".join(p.relative_to(repo).with_suffix("").parts).removesuffix(".__init__")
+                     for folder in CODE for p in (repo / folder).rglob("*.py"))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"} | {"PYTHONPATH": str(repo)}
+    done = subprocess.run([sys.executable, "-c", f"import {', '.join(modules)}"], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    compiled = {p.parent.parent.relative_to(repo).as_posix() for p in repo.rglob("__pycache__/*.pyc")}
+    assert {"components/metrics", "components/training", "components/distributed", "pipelines"} <= compiled
+    assert "up to date" in run("status").lower()
+
+
+@pytest.mark.slow
+def test_touching_the_metrics_code_makes_dvc_flag_the_classifier_and_every_evaluate(tmp_path: Path) -> None:
+    """With every stage recorded as up to date, an edit of components/metrics/fid.py (an overlay
+    section, a family's model module) leaves exactly the stages that run it out of date."""
+    repo, run = recorded_copy(tmp_path)
     fid = repo / "components" / "metrics" / "fid.py"
     original = fid.read_text()
     fid.write_text(original + "\n# touched\n")
