@@ -38,6 +38,8 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm@sha256:2333bd330d12de02514770b3585cad31
 # ---------------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE} AS base
 
+# No bytecode beside the image's code (run-pipeline copies /app into the workspace that DVC
+# hashes); .dvcignore leaves bytecode out of those hashes anyway, should a user unset this.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \

@@ -297,13 +297,42 @@ def fake_digests(text: str) -> list[str]:
 SCANNED = {"", ".yaml", ".yml", ".env", ".md", ".py", ".toml"}
 
 
+def source_files(under: str = ".") -> list[Path]:
+    """The files of the project under ``under``: git's tracked files where this is a checkout
+    (what a clone has: no bytecode, caches or run state), else every file outside caches."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--", under], cwd=ROOT, capture_output=True, check=False)
+    if listed.returncode == 0 and listed.stdout:
+        return [ROOT / f for f in listed.stdout.decode().split("\0") if f and (ROOT / f).is_file()]
+    litter = {".venv", ".git", "__pycache__", ".pytest_cache", ".ruff_cache"}
+    return [p for p in (ROOT / under).rglob("*") if p.is_file() and not litter & set(p.parts)]
+
+
+def source_text(path: Path) -> str:
+    """``path`` as UTF-8 text; a binary file is an error that names it (not a bare UnicodeDecodeError)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise AssertionError(f"{path.relative_to(ROOT)} is not UTF-8 text (byte {exc.start}): "
+                             "a binary file among the sources scanned for image digests") from None
+
+
+def test_source_scan_names_a_binary_file_and_skips_bytecode(tmp_path: Path) -> None:
+    (tmp_path / "__pycache__").mkdir()
+    (tmp_path / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\xa7\r\r\n\x00\xff")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(f"{__name__}.ROOT", tmp_path)
+        assert source_files() == []  # not a checkout: the fallback walk leaves caches out
+        (tmp_path / "blob.yaml").write_bytes(b"image: \xff\xfe")
+        assert source_files() == [tmp_path / "blob.yaml"]
+        with pytest.raises(AssertionError, match=r"blob\.yaml is not UTF-8 text"):
+            source_text(tmp_path / "blob.yaml")
+
+
 def test_no_placeholder_digest_anywhere() -> None:
     assert fake_digests("x@sha256:" + "0" * 64 + " y@sha256:" + "ab" * 32) == ["0" * 64, "ab" * 32]
-    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=False).stdout.split()
-    files = [ROOT / f for f in tracked] or [p for p in ROOT.rglob("*") if ".venv" not in p.parts]
     bad = {}
-    for path in files:
-        text = path.read_text(errors="ignore") if path.is_file() and path.suffix in SCANNED else ""
+    for path in source_files():
+        text = source_text(path) if path.suffix in SCANNED else ""
         if digests := fake_digests(text):
             bad[str(path.relative_to(ROOT))] = digests
     bad.pop("tests/test_infra.py", None)  # this test's own examples
@@ -315,8 +344,7 @@ def test_infra_digests_are_the_pin_or_a_published_base() -> None:
     (infra/images.env, written from the registry's answer) or the Dockerfile's published base."""
     allowed = {pinned_project_image().split("@sha256:")[1]}
     allowed |= {i.split("@sha256:")[1] for i in dockerfile_from_images(DOCKERFILE.read_text())}
-    texts = [DOCKERFILE.read_text(), *(p.read_text() for p in (ROOT / "infra").rglob("*") if p.is_file()
-                                      and "build-extras" not in p.parts)]  # fmt: skip
+    texts = [DOCKERFILE.read_text(), *(source_text(p) for p in source_files("infra") if "build-extras" not in p.parts)]
     seen = {d for text in texts for d in re.findall(r"sha256:([0-9a-f]{64})", text)}
     assert seen <= allowed, seen - allowed
 

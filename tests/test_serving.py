@@ -138,4 +138,28 @@ def test_requirements_are_pinned(logged: dict) -> None:
     assert {p.split("==")[0].lower() for p in pins} >= {"mlflow", "torch", "numpy", "pydantic", "pillow", "pandas"}
     assert all("==" in p for p in pins), pins
     assert (folder / "code" / "components" / "models" / "ddpm.py").exists()
-    assert not list((folder / "code").rglob("__pycache__"))
+
+
+def test_the_logged_code_is_the_sources_without_bytecode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``code_paths`` copies the sources alone, also from a checkout where Python wrote bytecode.
+
+    Checked in the store before anything loads the model: MLflow loads a model of a local store in
+    place, so a process that writes bytecode adds ``__pycache__`` there later (a remote store's model
+    is downloaded to a temporary folder first); that is the loader's cache, not what was logged."""
+    import compileall
+    import shutil
+
+    from components.serving import pyfunc
+
+    source = tmp_path / "checkout" / "components"
+    shutil.copytree(pyfunc.COMPONENTS, source, ignore=shutil.ignore_patterns("__pycache__"))
+    assert compileall.compile_dir(source, quiet=1, force=True)  # __pycache__/, as a user's Python leaves it
+    assert compileall.compile_dir(source / "serving", quiet=1, legacy=True)  # x.pyc beside x.py (compileall -b)
+    assert list(source.rglob("*.pyc"))
+    monkeypatch.setattr(pyfunc, "COMPONENTS", source)
+    log_tiny(f"sqlite:///{tmp_path / 'mlflow.db'}", "gan", tmp_path / "gan")
+    code = [p for p in (tmp_path / "artifacts").rglob("code") if p.is_dir()]
+    assert len(code) == 1
+    logged = {p.relative_to(code[0]).as_posix() for p in code[0].rglob("*") if p.is_file()}
+    assert "components/models/gan.py" in logged
+    assert logged == {p.relative_to(source.parent).as_posix() for p in source.rglob("*.py")}
