@@ -5,6 +5,17 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
+# Which torch build `make setup` installs into a new .venv:
+#   TORCH=default  pip's choice: on Linux x86-64 PyPI's CUDA build (runs on CPU too; ~2.7 GB of
+#                  NVIDIA libraries, a ~6 GB .venv); a local wheel found through pip's find-links wins
+#   TORCH=cpu      PyTorch's CPU wheel index (no CUDA libraries; for machines that never use a GPU)
+# It applies when .venv is created: `rm -rf .venv` to switch an existing one.
+TORCH ?= default
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+ifeq ($(filter default cpu,$(TORCH)),)
+$(error TORCH=$(TORCH): use TORCH=default or TORCH=cpu)
+endif
+TORCH_PIP_ARGS := $(if $(filter cpu,$(TORCH)),--index-url $(TORCH_CPU_INDEX))
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # Ray and tqdm print less noise; Ray must not phone home.
 export RAY_USAGE_STATS_ENABLED := 0
@@ -23,7 +34,7 @@ help:
 $(STAMP): requirements.lock
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q torch==$(TORCH_VERSION) $(TORCH_PIP_ARGS)
 	$(PY) -m pip install -q --no-deps --require-hashes -r requirements.lock
 	$(PY) -m pip check
 	touch $(STAMP)
