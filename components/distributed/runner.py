@@ -83,8 +83,15 @@ def check_cluster(cfg: RayConfig, timeout_s: float = 5.0) -> None:
 
 
 def worker_env() -> dict[str, str]:
-    """The environment variables every Ray worker of a job gets: the defaults, then the forwarded ones."""
-    return {**WORKER_ENV_DEFAULTS, **{k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}}
+    """The environment variables every Ray worker of a job gets: the defaults, then the forwarded ones.
+
+    A cluster address the driver was given goes along too: Train's controller and its placement-group
+    cleaner query the State API at "auto", which fails ("multiple active Ray instances") when other
+    Ray instances run on the same machine (another pipeline, a test, a queued experiment).
+    """
+    address = os.environ.get("RAY_ADDRESS", "")
+    named = {"RAY_ADDRESS": address} if address and address not in ("auto", "local") and "://" not in address else {}
+    return {**WORKER_ENV_DEFAULTS, **named, **{k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}}
 
 
 def connect(cfg: RayConfig) -> float:
