@@ -10,11 +10,14 @@ MLflow and stops them again; ``infra/run-pipeline`` runs and pushes a tiny DVC p
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -589,6 +592,66 @@ def test_local_stack_starts_serves_and_stops(stack_env: dict[str, str]) -> None:
     for port in ("STACK_PG_PORT", "STACK_S3_PORT", "STACK_MLFLOW_PORT"):
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", int(stack_env[port]))) != 0, port
+
+
+def command_lines() -> dict[int, bytes]:
+    """Every process's command line (``/proc/<pid>/cmdline``, NUL-separated), by pid."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                found[int(entry.name)] = (entry / "cmdline").read_bytes()
+            except OSError:  # gone meanwhile
+                continue
+    return found
+
+
+def wrap_tools(folder: Path, names: tuple[str, ...], record: Path) -> dict[str, str]:
+    """Stand-ins for ``names`` on PATH that append their command line to ``record`` and run the
+    real program: what short-lived commands (psql, pg_ctl) were given, which no scan of /proc sees."""
+    folder.mkdir(mode=0o755)
+    record.touch()
+    record.chmod(0o666)  # as root the stack runs the PostgreSQL tools as user postgres
+    for name in names:
+        real = shutil.which(name) or max(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), default=None)
+        if real is None:
+            pytest.skip(f"{name} is not installed")
+        (folder / name).write_text(f'#!/bin/sh\necho "$0 $*" >>{record}\nexec {real} "$@"\n')
+        (folder / name).chmod(0o755)
+    return {"PATH": f"{folder}:{os.environ['PATH']}"}
+
+
+@pytest.mark.slow
+def test_local_stack_puts_no_password_on_a_command_line(stack_env: dict[str, str]) -> None:
+    """The database and MLflow admin passwords reach the servers through files, stdin and the
+    environment: neither is in any process's command line, while MLflow works on PostgreSQL."""
+    import mlflow
+
+    tools = Path(tempfile.mkdtemp(prefix="stack-tools-"))
+    tools.chmod(0o755)
+    try:
+        record = tools / "commands.log"
+        env = {**stack_env, **wrap_tools(tools / "bin", ("initdb", "pg_ctl", "psql", "pg_isready"), record)}
+        started = _stack(env, "start")
+        assert started.returncode == 0, started.stdout + started.stderr
+        creds = dict(line.split("=", 1) for line in (Path(stack_env["STACK_DIR"]) / "credentials").read_text().split())
+        secrets = {key: creds[key].encode() for key in ("PG_PASSWORD", "MLFLOW_PASSWORD")}
+        leaks = {pid: key for pid, line in command_lines().items() for key, value in secrets.items() if value in line}
+        assert not leaks, {pid: (key, command_lines().get(pid, b"").replace(b"\0", b" ")[:200]) for pid, key in leaks.items()}
+        recorded = record.read_text()
+        assert "CREATE ROLE" not in recorded and "psql" in recorded and "initdb" in recorded  # the stand-ins ran
+        assert not [key for key, value in secrets.items() if value.decode() in recorded]
+        assert oct((Path(stack_env["STACK_DIR"]) / "pgpass").stat().st_mode & 0o777) == "0o600"
+
+        exported = dict(re.findall(r"^export (\w+)=(\S+)$", _stack(env, "env").stdout, re.MULTILINE))
+        with pytest.MonkeyPatch.context() as mp:
+            for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+                mp.setenv(key, exported[key])
+            client = mlflow.MlflowClient(exported["MLFLOW_TRACKING_URI"])
+            experiment = client.create_experiment("no-password-in-ps")  # a write to PostgreSQL
+            assert client.get_experiment(experiment).name == "no-password-in-ps"
+    finally:
+        shutil.rmtree(tools, ignore_errors=True)
 
 
 def test_local_stack_names_the_services_it_knows(stack_env: dict[str, str]) -> None:
