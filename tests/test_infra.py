@@ -11,6 +11,7 @@ MLflow and stops them again; ``infra/run-pipeline`` runs and pushes a tiny DVC p
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import re
@@ -380,6 +381,54 @@ def test_compose_defines_the_cluster_without_literal_secrets() -> None:
         for key, value in (service.get("environment") or {}).items():
             if re.search(r"PASSWORD|SECRET|TOKEN$|ACCESS_KEY", key):
                 assert re.fullmatch(r"\$\{[A-Z0-9_]+:\?[^}]*\}", str(value)), (name, key, value)
+
+
+SERVE = ROOT / "infra/compose/serve"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root and unshare (a mount namespace)")
+def test_compose_mlflow_gets_the_database_password_in_its_environment_not_its_command_line(tmp_path: Path) -> None:
+    """``serve mlflow`` as in its container (compose secrets under /run/secrets: here a private
+    tmpfs over /run), with a stand-in ``mlflow`` that reports its command line and PGPASSWORD."""
+    password = "s3cret-" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:12]
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "mlflow").write_text('#!/bin/sh\nprintf "%s\\n" "$*" >"$REPORT"\nprintf "%s" "$PGPASSWORD" >>"$REPORT"\n')
+    (fake / "mlflow").chmod(0o755)
+    report = tmp_path / "report"
+    script = ('mount -t tmpfs secrets /run && mkdir /run/secrets && printf "%s\\n" "$PW" >/run/secrets/postgres_password '
+              f'&& exec {SERVE} mlflow')
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "PW": password, "REPORT": str(report)}
+    run = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], check=False, env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    argv, pgpassword = report.read_text().split("\n", 1)
+    assert "--backend-store-uri postgresql+psycopg2://mlflow@postgres:5432/mlflow " in argv, argv
+    assert password not in argv
+    assert pgpassword == password
+
+
+def test_compose_postgres_first_start_wait_is_bounded_in_seconds(tmp_path: Path) -> None:
+    """The first start's readiness wait (``wait_ready`` of infra/compose/serve) gives up after its
+    limit in seconds with a message, and at once when the server has exited."""
+    text = SERVE.read_text()
+    assert re.search(r'wait_ready "PostgreSQL[^"]*" 60 "\$!" pg_isready', text)
+    assert len(re.findall(r"^\s*(?:until|while) ", text, re.MULTILINE)) == 1  # wait_ready's: no unbounded poll
+    function = re.search(r"^wait_ready\(\) \{.*?^\}$", text, re.MULTILINE | re.DOTALL).group(0)
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        started = time.monotonic()
+        late = subprocess.run(["bash", "-c", f'{function}\nwait_ready "the server" 2 {sleeper.pid} false'], check=False,
+                              capture_output=True, text=True, timeout=30)
+        took = time.monotonic() - started
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert late.returncode == 1 and "serve: the server not ready after 2 s" in late.stderr, late.stderr
+    assert 2 <= took < 7, took  # at least the limit; whole seconds: at most one more (+ a busy machine)
+    gone = subprocess.run(["bash", "-c", f'{function}\nwait_ready "the server" 60 {sleeper.pid} false'], check=False,
+                          capture_output=True, text=True, timeout=30)
+    assert gone.returncode == 1 and "serve: the server exited before it was ready" in gone.stderr, gone.stderr
 
 
 def test_ray_cluster_yaml_passes_rays_own_schema() -> None:
