@@ -292,6 +292,43 @@ def test_project_image_is_named_once_per_launcher_and_agrees_everywhere() -> Non
         assert pin.split("@")[1] not in path.read_text(), f"{path} repeats the digest instead of naming the image"
 
 
+def comment_lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip().startswith("#")]
+
+
+def test_pin_writes_the_reference_as_yaml_and_keeps_every_comment(tmp_path: Path) -> None:
+    """``infra/docker/image pin`` on a copy of the three files it edits: each parses to the new
+    reference, everything else (comments, the gpu entries) is unchanged line for line."""
+    files = ("infra/k8s/base/kustomization.yaml", "infra/ray/cluster.yaml", "infra/images.env")
+    for rel in (*files, "infra/docker/image"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes((ROOT / rel).read_bytes())
+    (tmp_path / "infra/docker/image").chmod(0o755)
+    (tmp_path / ".venv").symlink_to(ROOT / ".venv")  # the project's python (ruamel.yaml) as in a checkout
+    name, digest = "10.1.2.3:5000/team/pipeline", "sha256:" + hashlib.sha256(b"test image").hexdigest()
+    run = subprocess.run([str(tmp_path / "infra/docker/image"), "pin", f"{name}@{digest}"], check=False,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    kust = yaml.safe_load((tmp_path / files[0]).read_text())
+    assert kust["images"] == [{"name": "genmodels-pipeline-cpu", "newName": name, "digest": digest},
+                              {"name": "genmodels-pipeline-gpu", "newName": "ghcr.io/genmodels/pipeline", "newTag": "gpu"}]
+    cluster = yaml.safe_load((tmp_path / files[1]).read_text())
+    assert cluster["docker"]["head_image"] == f"{name}@{digest}" and cluster["docker"]["worker_image"] == UNBUILT_GPU
+    for rel in files[:2]:
+        before, after = (ROOT / rel).read_text(), (tmp_path / rel).read_text()
+        assert comment_lines(after) == comment_lines(before), rel
+        changed = [(a, b) for a, b in zip(before.splitlines(), after.splitlines(), strict=True) if a != b]
+        assert all(old.split(":")[0] == new.split(":")[0] for old, new in changed), changed  # same keys, in place
+        assert len(changed) == (2 if rel == files[0] else 1), changed
+    assert f"GENMODELS_IMAGE={name}@{digest}" in (tmp_path / files[2]).read_text()
+
+    kust_text = (tmp_path / files[0]).read_text().replace("genmodels-pipeline-cpu", "someone-else")
+    (tmp_path / files[0]).write_text(kust_text)
+    missing = subprocess.run([str(tmp_path / "infra/docker/image"), "pin", f"{name}@{digest}"], check=False,
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode != 0 and "no single images entry for genmodels-pipeline-cpu" in missing.stderr
+
+
 def fake_digests(text: str) -> list[str]:
     """``sha256:`` digests that no registry produced: repeated or counting patterns."""
     found = re.findall(r"sha256:([0-9a-f]{64})", text)
