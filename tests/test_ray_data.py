@@ -64,11 +64,6 @@ def test_array_source_rows_in_plain_mode() -> None:
     assert [len(b["image"]) for b in batches] == [2, 2, 1]
 
 
-@pytest.fixture(scope="module")
-def ray_address(tmp_path_factory):
-    with ray_node(tmp_path_factory.mktemp("ray"), num_cpus=2) as address:
-        yield address
-
 
 def test_blocks_put_by_the_driver_make_the_dataset_from_arrow_refs_makes(ray_address, monkeypatch) -> None:
     """Same rows, blocks, row counts and schema as Ray's public ``from_arrow_refs`` (which computes

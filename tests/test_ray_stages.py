@@ -7,19 +7,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from project import make_project, read_json, run_stage
-from servers import ray_node
 
 from components.data.dataset import load_split
 from components.training.checkpoint import model_from_checkpoint
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture(scope="module")
-def ray_address(tmp_path_factory):
-    """One local Ray head (2 CPUs) for the module; stages attach to it through RAY_ADDRESS."""
-    with ray_node(tmp_path_factory.mktemp("ray"), num_cpus=2) as address:
-        yield address
 
 
 @pytest.fixture(scope="module")

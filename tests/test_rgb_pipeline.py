@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from PIL import Image
 from project import make_project, read_json, run_stage
-from servers import ray_node
 
 from components.data.synthetic import make_synthetic
 
@@ -37,11 +36,6 @@ def write_rgb_folder(root: Path, per_class: int = 60, seed: int = 0) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(folder / f"{i:04d}.png")
 
-
-@pytest.fixture(scope="module")
-def ray_address(tmp_path_factory: pytest.TempPathFactory):
-    with ray_node(tmp_path_factory.mktemp("ray"), num_cpus=2) as address:
-        yield address
 
 
 def test_rgb_image_folder_through_every_stage(tmp_path: Path, ray_address: str) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from project import make_project, read_json, run_stage
-from servers import S3Server, local_stack, ray_node
+from servers import S3Server, local_stack
 
 pytestmark = pytest.mark.slow
 
@@ -39,10 +39,9 @@ def isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
 
 
 @pytest.fixture(scope="module")
-def ray_address(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server, isolated_environment) -> Iterator[str]:
-    """A local Ray head (2 CPUs) whose workers inherit the S3 keys from its environment."""
-    with ray_node(tmp_path_factory.mktemp("ray"), num_cpus=2, env=s3_server.env()) as address:
-        yield address
+def ray_node_env(s3_server: S3Server, isolated_environment) -> dict[str, str]:
+    """The module's Ray head (conftest.py's ``ray_address``) and so its workers get the S3 keys."""
+    return s3_server.env()
 
 
 def keys(s3: S3Server, bucket: str, prefix: str = "") -> list[str]:
