@@ -118,7 +118,7 @@ def make_project(root: Path) -> str:
 
 
 def run_report(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return run_stage(root, "report", *args, env={"MPLBACKEND": "Agg"}, check=False, timeout=120)
+    return run_stage(root, "report", *args, env={"MPLBACKEND": "Agg"}, check=False, timeout=120, tracking="local")
 
 
 @pytest.fixture(scope="module")
