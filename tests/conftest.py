@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Iterator
 
 import pytest
-from servers import S3Server, ray_auth_env, seaweedfs
+from servers import S3Server, ray_auth_env, ray_node, seaweedfs
 
 #: The longest test files, longest first (CI's ``--durations``). `make test` runs two files at a
 #: time (pytest-xdist, ``--dist loadfile --no-loadscope-reorder``, which keeps this order): started
@@ -55,6 +55,22 @@ def ray_token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+
+@pytest.fixture(scope="module")
+def ray_node_env() -> dict[str, str]:
+    """Extra environment for the module's Ray head, which its workers inherit: none by default; a
+    module overrides this fixture where its workers need more (test_team_stack.py: S3 keys)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def ray_address(tmp_path_factory: pytest.TempPathFactory, ray_node_env: dict[str, str]) -> Iterator[str]:
+    """One local Ray head (2 CPUs) per test module, started and stopped as ``infra/local/with-ray``
+    does (``servers.ray_node``); stages attach to it through ``RAY_ADDRESS``."""
+    with ray_node(tmp_path_factory.mktemp("ray"), num_cpus=2, env=ray_node_env) as address:
+        yield address
 
 
 # --- end of infrastructure fixtures -------------------------------------------------------------

@@ -6,7 +6,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from servers import HEAD_IP
@@ -44,17 +46,44 @@ def make_project(folder: Path, overrides: dict | None = None) -> Path:
     return folder
 
 
-def run_stage(project: Path, stage: str, *args: str, env: dict | None = None, check: bool = True,
-              timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``python -m pipelines.<stage>`` in ``project`` with the repo on PYTHONPATH."""
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0",
-                "RAY_NODE_IP_ADDRESS": HEAD_IP, "RAY_AUTH_MODE": "token", **(env or {})}
-    full_env.pop("MLFLOW_TRACKING_URI", None) if "MLFLOW_TRACKING_URI" not in (env or {}) else None
-    run = subprocess.run([sys.executable, "-m", f"pipelines.{stage}", *args], check=False, cwd=project, env=full_env,
-                         capture_output=True, text=True, timeout=timeout)
+#: What a test's subprocess keeps of this process' environment, where tracking and servers go:
+#:
+#: - ``"local"``: everything but ``MLFLOW_TRACKING_URI``: a stage tracks into its default store
+#:   (sqlite in its working folder) unless ``env`` names another; S3 and Ray settings pass through.
+#: - ``"isolated"``: none of the ``AWS_*``, ``MLFLOW_*``, ``RAY_ADDRESS`` or ``STACK_*`` variables:
+#:   only ``env`` points the process at servers (what a user has after ``eval "$(stack env)"``).
+Tracking = Literal["local", "isolated"]
+_DROPPED: dict[str, tuple[str, ...]] = {"local": ("MLFLOW_TRACKING_URI",),
+                                        "isolated": ("AWS_", "MLFLOW_", "RAY_ADDRESS", "STACK_")}
+
+
+def run_command(cmd: Sequence[str], cwd: Path, *, tracking: Tracking, env: Mapping[str, str] | None = None,
+                check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in ``cwd``, output captured: the one way the tests start a stage (or DVC) as a subprocess.
+
+    Args:
+        cmd: the command line.
+        cwd: its working folder.
+        tracking: which of this process' MLflow and server variables it inherits (see ``Tracking``).
+        env: variables set on top (they win over what ``tracking`` keeps or drops).
+        check: raise ``AssertionError`` with the output's tail if it exits non-zero.
+        timeout: seconds before it is killed.
+    """
+    kept = {k: v for k, v in os.environ.items() if not k.startswith(_DROPPED[tracking])}
+    run = subprocess.run(list(cmd), check=False, cwd=cwd, env={**kept, **(env or {})}, capture_output=True, text=True,
+                         timeout=timeout)
     if check and run.returncode != 0:
-        raise AssertionError(f"{stage} {args} failed ({run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-6000:]}")
+        raise AssertionError(f"{list(cmd)} failed ({run.returncode}):\n{run.stdout[-4000:]}\n{run.stderr[-8000:]}")
     return run
+
+
+def run_stage(project: Path, stage: str, *args: str, tracking: Tracking, env: Mapping[str, str] | None = None,
+              check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m pipelines.<stage> ARGS`` in ``project`` with the repo on PYTHONPATH (``run_command``)."""
+    stage_env = {"PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0", "RAY_NODE_IP_ADDRESS": HEAD_IP,
+                 "RAY_AUTH_MODE": "token", **(env or {})}
+    return run_command([sys.executable, "-m", f"pipelines.{stage}", *args], project, tracking=tracking, env=stage_env,
+                       check=check, timeout=timeout)
 
 
 def read_json(path: Path) -> dict:

@@ -7,28 +7,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from tiny_models import tiny_config
 
 from components.config import model_config_from_dict
-from components.models import build_model
+from components.models import FAMILIES, build_model
 from components.models.base import DataSpec
 from components.training.checkpoint import checkpoint_payload, save_checkpoint
 
-TINY: dict[str, dict] = {
-    "gan": {"family": "gan", "latent_dim": 16, "hidden_dim": 32},
-    "cgan": {"family": "cgan", "latent_dim": 16, "hidden_dim": 32, "label_embed_dim": 4},
-    "dcgan": {"family": "dcgan", "latent_dim": 16, "g_channels": 8, "d_channels": 8},
-    "vae": {"family": "vae", "architecture": "conv", "hidden_dim": 8, "latent_dim": 4},
-    "ddpm": {"family": "ddpm", "base_channels": 8, "channel_mults": [1, 2, 2], "timesteps": 50, "sample_steps": 4},
-    "ddpm_cond": {"family": "ddpm", "base_channels": 8, "channel_mults": [1, 2, 2], "timesteps": 50,
-                  "sample_steps": 4, "conditional": True},
-}
+#: what the serving tests log: one case of tiny_models.CASES per family, and the conditional DDPM
+#: (its label and guidance paths)
+SERVED = [*FAMILIES, "ddpm-cond"]
 CLASS_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 SPEC = DataSpec(1, 28, 28, 10)
 
 
 def tiny_checkpoint(name: str, folder: Path, steps: int = 3, seed: int = 0) -> Path:
-    """Train ``TINY[name]`` for ``steps`` steps on random images; write ``folder/checkpoint.pt``."""
-    model = build_model(model_config_from_dict({**TINY[name], "seed": seed}), SPEC)
+    """Train the tiny model of case ``name`` (tiny_models.CASES) for ``steps`` steps on random
+    images; write ``folder/checkpoint.pt``."""
+    model = build_model(model_config_from_dict(tiny_config(name, seed=seed)), SPEC)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         images = torch.rand((16, *SPEC.shape), generator=gen) * 2 - 1

@@ -45,7 +45,8 @@ def test_train_stage_reports_a_dead_head_in_seconds(tmp_path: Path) -> None:
     project = make_project(tmp_path / "project")
     address = dead_address()
     # ray.init alone would retry for minutes: the timeout makes that a failure, not a hang
-    run = run_stage(project, "train", "--model", "gan", env={"RAY_ADDRESS": address}, check=False, timeout=60)
+    run = run_stage(project, "train", "--model", "gan", tracking="local", env={"RAY_ADDRESS": address}, check=False,
+                    timeout=60)
     assert run.returncode == 1, run.stdout + run.stderr
     assert run.stderr.strip().splitlines()[-1].startswith(f"error: no Ray cluster at {address} ")
     assert not (project / "models" / "gan").exists()

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
+from project import run_stage
 
 from components.config import (
     OVERLAY_SECTIONS,
@@ -152,21 +151,18 @@ def test_missing_profile_overlay_and_bad_yaml(tmp_path):
 
 def test_validate_cli_exit_codes(tmp_path):
     good = write_params(tmp_path, minimal())
-    run = subprocess.run([sys.executable, "-m", "pipelines.validate", str(good)], check=False, cwd=ROOT,
-                         capture_output=True, text=True)
+    run = run_stage(ROOT, "validate", str(good), tracking="local", check=False)
     assert run.returncode == 0, run.stderr
     bad_params = minimal()
     bad_params["train"]["gan"]["lr"] = -1
     bad = write_params(tmp_path, bad_params)
-    run = subprocess.run([sys.executable, "-m", "pipelines.validate", str(bad)], check=False, cwd=ROOT,
-                         capture_output=True, text=True)
+    run = run_stage(ROOT, "validate", str(bad), tracking="local", check=False)
     assert run.returncode == 2
     assert "train.gan.lr: Input should be greater than 0" in run.stderr
 
 
 def test_schema_export_is_valid_json_schema_and_accepts_params():
-    run = subprocess.run([sys.executable, "-m", "pipelines.validate", "--schema"], cwd=ROOT,
-                         capture_output=True, text=True, check=True)
+    run = run_stage(ROOT, "validate", "--schema", tracking="local")
     schema = json.loads(run.stdout)
     jsonschema.Draft202012Validator.check_schema(schema)
     jsonschema.validate(yaml.safe_load((ROOT / "params.yaml").read_text()), schema)

@@ -296,7 +296,7 @@ def test_default_mirrors_put_debian_first() -> None:
 
 # --------------------------------------------------------------------------- the stage entry point
 def run_fetch(*args: str) -> subprocess.CompletedProcess:
-    return run_stage(REPO, "fetch", *args, check=False, timeout=120)
+    return run_stage(REPO, "fetch", *args, check=False, timeout=120, tracking="local")
 
 
 def test_stage_cli(tmp_path: Path) -> None:

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from project import run_stage
 from servers import free_port
 from serving_models import CLASS_NAMES, log_tiny, tiny_checkpoint
 
 from components.registry import register_run
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +32,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def generate(project: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    full = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, "PYTHONPATH": str(ROOT),
-            **(env or {})}
-    return subprocess.run([sys.executable, "-m", "pipelines.generate", *args], cwd=project, env=full,
-                          capture_output=True, text=True, timeout=300, check=False)
+    return run_stage(project, "generate", *args, tracking="local", env=env, check=False, timeout=300)
 
 
 def test_local_conditional_model_to_arrays_and_grid(project: Path) -> None:

@@ -207,7 +207,7 @@ def test_train_stage_names_a_truncated_shard_in_one_line(tmp_path: Path) -> None
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     for stage in ("train", "classifier"):
         args = ("--model", "gan") if stage == "train" else ()
-        run = run_stage(project, stage, *args, "--plain", check=False, timeout=120)
+        run = run_stage(project, stage, *args, "--plain", check=False, timeout=120, tracking="local")
         assert run.returncode == 1, run.stderr
         lines = run.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: data/prepared/train/part-00000.parquet: checksum "

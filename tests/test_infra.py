@@ -10,11 +10,15 @@ MLflow and stops them again; ``infra/run-pipeline`` runs and pushes a tiny DVC p
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -288,6 +292,43 @@ def test_project_image_is_named_once_per_launcher_and_agrees_everywhere() -> Non
         assert pin.split("@")[1] not in path.read_text(), f"{path} repeats the digest instead of naming the image"
 
 
+def comment_lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip().startswith("#")]
+
+
+def test_pin_writes_the_reference_as_yaml_and_keeps_every_comment(tmp_path: Path) -> None:
+    """``infra/docker/image pin`` on a copy of the three files it edits: each parses to the new
+    reference, everything else (comments, the gpu entries) is unchanged line for line."""
+    files = ("infra/k8s/base/kustomization.yaml", "infra/ray/cluster.yaml", "infra/images.env")
+    for rel in (*files, "infra/docker/image"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes((ROOT / rel).read_bytes())
+    (tmp_path / "infra/docker/image").chmod(0o755)
+    (tmp_path / ".venv").symlink_to(ROOT / ".venv")  # the project's python (ruamel.yaml) as in a checkout
+    name, digest = "10.1.2.3:5000/team/pipeline", "sha256:" + hashlib.sha256(b"test image").hexdigest()
+    run = subprocess.run([str(tmp_path / "infra/docker/image"), "pin", f"{name}@{digest}"], check=False,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    kust = yaml.safe_load((tmp_path / files[0]).read_text())
+    assert kust["images"] == [{"name": "genmodels-pipeline-cpu", "newName": name, "digest": digest},
+                              {"name": "genmodels-pipeline-gpu", "newName": "ghcr.io/genmodels/pipeline", "newTag": "gpu"}]
+    cluster = yaml.safe_load((tmp_path / files[1]).read_text())
+    assert cluster["docker"]["head_image"] == f"{name}@{digest}" and cluster["docker"]["worker_image"] == UNBUILT_GPU
+    for rel in files[:2]:
+        before, after = (ROOT / rel).read_text(), (tmp_path / rel).read_text()
+        assert comment_lines(after) == comment_lines(before), rel
+        changed = [(a, b) for a, b in zip(before.splitlines(), after.splitlines(), strict=True) if a != b]
+        assert all(old.split(":")[0] == new.split(":")[0] for old, new in changed), changed  # same keys, in place
+        assert len(changed) == (2 if rel == files[0] else 1), changed
+    assert f"GENMODELS_IMAGE={name}@{digest}" in (tmp_path / files[2]).read_text()
+
+    kust_text = (tmp_path / files[0]).read_text().replace("genmodels-pipeline-cpu", "someone-else")
+    (tmp_path / files[0]).write_text(kust_text)
+    missing = subprocess.run([str(tmp_path / "infra/docker/image"), "pin", f"{name}@{digest}"], check=False,
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode != 0 and "no single images entry for genmodels-pipeline-cpu" in missing.stderr
+
+
 def fake_digests(text: str) -> list[str]:
     """``sha256:`` digests that no registry produced: repeated or counting patterns."""
     found = re.findall(r"sha256:([0-9a-f]{64})", text)
@@ -377,6 +418,54 @@ def test_compose_defines_the_cluster_without_literal_secrets() -> None:
         for key, value in (service.get("environment") or {}).items():
             if re.search(r"PASSWORD|SECRET|TOKEN$|ACCESS_KEY", key):
                 assert re.fullmatch(r"\$\{[A-Z0-9_]+:\?[^}]*\}", str(value)), (name, key, value)
+
+
+SERVE = ROOT / "infra/compose/serve"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root and unshare (a mount namespace)")
+def test_compose_mlflow_gets_the_database_password_in_its_environment_not_its_command_line(tmp_path: Path) -> None:
+    """``serve mlflow`` as in its container (compose secrets under /run/secrets: here a private
+    tmpfs over /run), with a stand-in ``mlflow`` that reports its command line and PGPASSWORD."""
+    password = "s3cret-" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:12]
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "mlflow").write_text('#!/bin/sh\nprintf "%s\\n" "$*" >"$REPORT"\nprintf "%s" "$PGPASSWORD" >>"$REPORT"\n')
+    (fake / "mlflow").chmod(0o755)
+    report = tmp_path / "report"
+    script = ('mount -t tmpfs secrets /run && mkdir /run/secrets && printf "%s\\n" "$PW" >/run/secrets/postgres_password '
+              f'&& exec {SERVE} mlflow')
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "PW": password, "REPORT": str(report)}
+    run = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], check=False, env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    argv, pgpassword = report.read_text().split("\n", 1)
+    assert "--backend-store-uri postgresql+psycopg2://mlflow@postgres:5432/mlflow " in argv, argv
+    assert password not in argv
+    assert pgpassword == password
+
+
+def test_compose_postgres_first_start_wait_is_bounded_in_seconds(tmp_path: Path) -> None:
+    """The first start's readiness wait (``wait_ready`` of infra/compose/serve) gives up after its
+    limit in seconds with a message, and at once when the server has exited."""
+    text = SERVE.read_text()
+    assert re.search(r'wait_ready "PostgreSQL[^"]*" 60 "\$!" pg_isready', text)
+    assert len(re.findall(r"^\s*(?:until|while) ", text, re.MULTILINE)) == 1  # wait_ready's: no unbounded poll
+    function = re.search(r"^wait_ready\(\) \{.*?^\}$", text, re.MULTILINE | re.DOTALL).group(0)
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        started = time.monotonic()
+        late = subprocess.run(["bash", "-c", f'{function}\nwait_ready "the server" 2 {sleeper.pid} false'], check=False,
+                              capture_output=True, text=True, timeout=30)
+        took = time.monotonic() - started
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert late.returncode == 1 and "serve: the server not ready after 2 s" in late.stderr, late.stderr
+    assert 2 <= took < 7, took  # at least the limit; whole seconds: at most one more (+ a busy machine)
+    gone = subprocess.run(["bash", "-c", f'{function}\nwait_ready "the server" 60 {sleeper.pid} false'], check=False,
+                          capture_output=True, text=True, timeout=30)
+    assert gone.returncode == 1 and "serve: the server exited before it was ready" in gone.stderr, gone.stderr
 
 
 def test_ray_cluster_yaml_passes_rays_own_schema() -> None:
@@ -589,6 +678,66 @@ def test_local_stack_starts_serves_and_stops(stack_env: dict[str, str]) -> None:
     for port in ("STACK_PG_PORT", "STACK_S3_PORT", "STACK_MLFLOW_PORT"):
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", int(stack_env[port]))) != 0, port
+
+
+def command_lines() -> dict[int, bytes]:
+    """Every process's command line (``/proc/<pid>/cmdline``, NUL-separated), by pid."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                found[int(entry.name)] = (entry / "cmdline").read_bytes()
+            except OSError:  # gone meanwhile
+                continue
+    return found
+
+
+def wrap_tools(folder: Path, names: tuple[str, ...], record: Path) -> dict[str, str]:
+    """Stand-ins for ``names`` on PATH that append their command line to ``record`` and run the
+    real program: what short-lived commands (psql, pg_ctl) were given, which no scan of /proc sees."""
+    folder.mkdir(mode=0o755)
+    record.touch()
+    record.chmod(0o666)  # as root the stack runs the PostgreSQL tools as user postgres
+    for name in names:
+        real = shutil.which(name) or max(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), default=None)
+        if real is None:
+            pytest.skip(f"{name} is not installed")
+        (folder / name).write_text(f'#!/bin/sh\necho "$0 $*" >>{record}\nexec {real} "$@"\n')
+        (folder / name).chmod(0o755)
+    return {"PATH": f"{folder}:{os.environ['PATH']}"}
+
+
+@pytest.mark.slow
+def test_local_stack_puts_no_password_on_a_command_line(stack_env: dict[str, str]) -> None:
+    """The database and MLflow admin passwords reach the servers through files, stdin and the
+    environment: neither is in any process's command line, while MLflow works on PostgreSQL."""
+    import mlflow
+
+    tools = Path(tempfile.mkdtemp(prefix="stack-tools-"))
+    tools.chmod(0o755)
+    try:
+        record = tools / "commands.log"
+        env = {**stack_env, **wrap_tools(tools / "bin", ("initdb", "pg_ctl", "psql", "pg_isready"), record)}
+        started = _stack(env, "start")
+        assert started.returncode == 0, started.stdout + started.stderr
+        creds = dict(line.split("=", 1) for line in (Path(stack_env["STACK_DIR"]) / "credentials").read_text().split())
+        secrets = {key: creds[key].encode() for key in ("PG_PASSWORD", "MLFLOW_PASSWORD")}
+        leaks = {pid: key for pid, line in command_lines().items() for key, value in secrets.items() if value in line}
+        assert not leaks, {pid: (key, command_lines().get(pid, b"").replace(b"\0", b" ")[:200]) for pid, key in leaks.items()}
+        recorded = record.read_text()
+        assert "CREATE ROLE" not in recorded and "psql" in recorded and "initdb" in recorded  # the stand-ins ran
+        assert not [key for key, value in secrets.items() if value.decode() in recorded]
+        assert oct((Path(stack_env["STACK_DIR"]) / "pgpass").stat().st_mode & 0o777) == "0o600"
+
+        exported = dict(re.findall(r"^export (\w+)=(\S+)$", _stack(env, "env").stdout, re.MULTILINE))
+        with pytest.MonkeyPatch.context() as mp:
+            for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+                mp.setenv(key, exported[key])
+            client = mlflow.MlflowClient(exported["MLFLOW_TRACKING_URI"])
+            experiment = client.create_experiment("no-password-in-ps")  # a write to PostgreSQL
+            assert client.get_experiment(experiment).name == "no-password-in-ps"
+    finally:
+        shutil.rmtree(tools, ignore_errors=True)
 
 
 def test_local_stack_names_the_services_it_knows(stack_env: dict[str, str]) -> None:

@@ -1,5 +1,6 @@
-"""Every registered family (and its variants) behind the one model interface: attributes, shapes,
-step outputs, determinism, exact resume, sampling randomness. Family-specific behaviour (how each
+"""Every registered family (and its variants) behind the one model interface: attributes, shapes
+(1 or 3 channels, 28/32/64 px, the classifier CNN too), step outputs, determinism, exact resume,
+sampling randomness. Family-specific behaviour (how each
 learns, the diffusion maths, label steering) lives in test_gan_family.py and test_vae_ddpm.py.
 """
 
@@ -11,10 +12,17 @@ import pytest
 import torch
 from tiny_models import CASES, TINY, assert_same_state, build, flat_state, run_steps, tiny_data
 
+from components.config import ClassifierConfig, model_config_from_dict
 from components.models import FAMILIES, family_kind, model_class
+from components.models.base import DataSpec
 
 #: what each kind's train_step returns
 STEP_KEYS = {"gan": {"loss_d", "loss_g", "d_real", "d_fake"}, "vae": {"loss", "recon", "kl"}, "diffusion": {"loss"}}
+#: (channels, size) of the images every model must take
+SHAPES = [(1, 28), (3, 32), (3, 64)]
+#: each family's defaults (the shipped architectures, not the tiny ones), cheaper where a field
+#: allows it (DDPM: few sampling steps)
+CHEAP: dict[str, dict] = {"ddpm": {"timesteps": 20, "sample_steps": 2}}
 
 
 def test_every_registered_family_has_a_tiny_case() -> None:
@@ -45,6 +53,29 @@ def test_sample_shape_dtype_range_and_mode_restored(case: str, size: int) -> Non
     model.sample(2)
     assert not any(net.training for net in model.networks().values())
 
+
+@pytest.mark.parametrize(("channels", "size"), SHAPES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_default_family_trains_and_samples_at_every_shape(family: str, channels: int, size: int) -> None:
+    spec = DataSpec(channels=channels, height=size, width=size, num_classes=3)
+    model = model_class(family)(model_config_from_dict({"family": family, **CHEAP.get(family, {})}), spec)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(4, channels, size, size, generator=gen) * 2 - 1  # (B, C, H, W) in [-1, 1]
+    losses = model.train_step(images, torch.tensor([0, 1, 2, 0]))
+    assert losses and all(torch.isfinite(v) for v in losses.values())
+    out = model.sample(3, labels=torch.tensor([0, 1, 2]), generator=torch.Generator().manual_seed(1))
+    assert out.shape == (3, channels, size, size) and out.dtype == torch.uint8
+
+
+@pytest.mark.parametrize(("channels", "size"), SHAPES)
+def test_classifier_cnn_at_every_shape(channels: int, size: int) -> None:
+    spec = DataSpec(channels=channels, height=size, width=size, num_classes=3)
+    classifier = model_class("classifier")(ClassifierConfig(width=4, feature_dim=8), spec)
+    images = torch.rand(4, channels, size, size) * 2 - 1
+    assert torch.isfinite(classifier.train_step(images, torch.tensor([0, 1, 2, 0]))["loss"])
+    extract = classifier.feature_extractor()
+    pixels = torch.randint(0, 256, (5, channels, size, size), dtype=torch.uint8)
+    assert extract(pixels).shape == (5, 8) and extract.classify(pixels).shape == (5, 3)
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_train_step_returns_detached_finite_scalars(case: str) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from project import run_command
 from servers import S3Server, local_stack_env
 
 pytestmark = pytest.mark.slow
@@ -32,14 +33,9 @@ OUTPUTS = ("data/prepared", "models", "samples", "metrics", "plots", "reports")
 
 def sh(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """Run ``cmd`` with the project venv first on PATH and only the given MLflow/S3/Ray settings."""
-    base = {k: v for k, v in os.environ.items()
-            if not k.startswith(("AWS_", "MLFLOW_", "RAY_ADDRESS", "STACK_"))}
-    full = {**base, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0",
-            "PYTHONPATH": "", "DVC_NO_ANALYTICS": "1", **(env or {})}
-    run = subprocess.run(cmd, cwd=cwd, env=full, capture_output=True, text=True, timeout=1500, check=False)
-    if check and run.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({run.returncode}):\n{run.stdout[-4000:]}\n{run.stderr[-8000:]}")
-    return run
+    base = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0",
+            "PYTHONPATH": "", "DVC_NO_ANALYTICS": "1"}
+    return run_command(cmd, cwd, tracking="isolated", env={**base, **(env or {})}, check=check, timeout=1500)
 
 
 def stages_in(output: str) -> list[str]:

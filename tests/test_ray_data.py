@@ -64,11 +64,6 @@ def test_array_source_rows_in_plain_mode() -> None:
     assert [len(b["image"]) for b in batches] == [2, 2, 1]
 
 
-@pytest.fixture(scope="module")
-def ray_address(tmp_path_factory):
-    with ray_node(tmp_path_factory.mktemp("ray"), num_cpus=2) as address:
-        yield address
-
 
 def test_blocks_put_by_the_driver_make_the_dataset_from_arrow_refs_makes(ray_address, monkeypatch) -> None:
     """Same rows, blocks, row counts and schema as Ray's public ``from_arrow_refs`` (which computes
@@ -101,7 +96,7 @@ def test_two_workers_twice_give_identical_weights_and_losses(tmp_path, ray_addre
     runs = []
     for attempt in ("a", "b"):
         project = make_project(tmp_path / attempt, {"data": {"loading": {"mode": mode}}})
-        run_stage(project, "train", "--model", "gan", env={"RAY_ADDRESS": ray_address})
+        run_stage(project, "train", "--model", "gan", env={"RAY_ADDRESS": ray_address}, tracking="local")
         runs.append(project / "models" / "gan")
     a, b = (read_json(r / "workers.json") for r in runs)
     assert a == b and len(a) == 2 and a[0]["weights"] == a[1]["weights"]
@@ -131,8 +126,8 @@ def test_a_rank_on_a_second_node_gets_its_share(tmp_path) -> None:
         seen = subprocess.run([sys.executable, "-c", LOOK, head, WORKER_IP, str(prepared_dir)], check=True,
                               capture_output=True, text=True, env={**os.environ, "RAY_NODE_IP_ADDRESS": HEAD_IP})
         assert json.loads(seen.stdout.splitlines()[-1]) == [] and any(prepared_dir.iterdir())
-        run_stage(project, "train", "--model", "gan", env={"RAY_ADDRESS": head})
-        run_stage(project, "classifier", env={"RAY_ADDRESS": head})
+        run_stage(project, "train", "--model", "gan", env={"RAY_ADDRESS": head}, tracking="local")
+        run_stage(project, "classifier", env={"RAY_ADDRESS": head}, tracking="local")
     workers = read_json(project / "models" / "gan" / "workers.json")
     assert len({w["node"] for w in workers}) == 2 and workers[0]["weights"] == workers[1]["weights"]
     assert {w["step"] for w in workers} == {2 * (512 // 2 // 64)}

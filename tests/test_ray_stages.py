@@ -7,7 +7,6 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from project import make_project, read_json, run_stage
-from servers import ray_node
 
 from components.data.dataset import load_split
 from components.training.checkpoint import model_from_checkpoint
@@ -15,23 +14,17 @@ from components.training.checkpoint import model_from_checkpoint
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def ray_address(tmp_path_factory):
-    """One local Ray head (2 CPUs) for the module; stages attach to it through RAY_ADDRESS."""
-    with ray_node(tmp_path_factory.mktemp("ray"), num_cpus=2) as address:
-        yield address
-
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, ray_address):
     """A project where gan was trained, sampled and evaluated with 2 workers, and vae trained."""
     project = make_project(tmp_path_factory.mktemp("project"))
     env = {"RAY_ADDRESS": ray_address}
-    run_stage(project, "train", "--model", "gan", env=env)
-    run_stage(project, "sample", "--model", "gan", env=env)
-    run_stage(project, "classifier", env=env)
-    run_stage(project, "evaluate", "--model", "gan", env=env)
-    run_stage(project, "train", "--model", "vae", env=env)
+    run_stage(project, "train", "--model", "gan", env=env, tracking="local")
+    run_stage(project, "sample", "--model", "gan", env=env, tracking="local")
+    run_stage(project, "classifier", env=env, tracking="local")
+    run_stage(project, "evaluate", "--model", "gan", env=env, tracking="local")
+    run_stage(project, "train", "--model", "vae", env=env, tracking="local")
     return project
 
 
@@ -91,7 +84,7 @@ def test_metrics_file_is_finite_and_sits_between_floor_and_ceiling(trained):
 def test_samples_do_not_depend_on_worker_count(trained, ray_address):
     two = np.load(trained / "samples" / "gan" / "samples.npz")
     run_stage(trained, "sample", "--model", "gan", "--set", "ray.num_workers=1", "--out", "samples/gan-1w",
-              env={"RAY_ADDRESS": ray_address})
+              env={"RAY_ADDRESS": ray_address}, tracking="local")
     one = np.load(trained / "samples" / "gan-1w" / "samples.npz")
     assert two["images"].shape == (200, 1, 28, 28) and two["images"].dtype == np.uint8
     np.testing.assert_array_equal(one["images"], two["images"])
@@ -102,7 +95,7 @@ def test_worker_fault_is_survived_through_failure_config(tmp_path, ray_address):
     project = make_project(tmp_path / "p")
     marker = tmp_path / "fault-fired"
     env = {"RAY_ADDRESS": ray_address, "GENMODELS_FAULT_AT_STEP": "6", "GENMODELS_FAULT_MARKER": str(marker)}
-    run_stage(project, "train", "--model", "gan", "--set", "train.gan.log_every=2", env=env)
+    run_stage(project, "train", "--model", "gan", "--set", "train.gan.log_every=2", env=env, tracking="local")
     assert marker.read_text() == "6"  # the fault really fired, in epoch 2 (4 steps an epoch)
     workers = read_json(project / "models" / "gan" / "workers.json")
     assert {w["step"] for w in workers} == {8}  # finished from the epoch-1 checkpoint, not from 0
@@ -115,11 +108,11 @@ def test_interrupted_stage_resumes_to_the_uninterrupted_weights(tmp_path, traine
     settings = ["--model", "vae", "--set", "ray.max_failures=0", "--set", "train.vae.log_every=2"]
     project = make_project(tmp_path / "interrupted")
     marker = tmp_path / "fault-fired"
-    failed = run_stage(project, "train", *settings, check=False,
+    failed = run_stage(project, "train", *settings, check=False, tracking="local",
                        env={**env, "GENMODELS_FAULT_AT_STEP": "6", "GENMODELS_FAULT_MARKER": str(marker)})
     assert failed.returncode != 0 and marker.exists()
     assert not (project / "models" / "vae").exists()  # no half output for DVC to cache
-    resumed = run_stage(project, "train", *settings, env=env)
+    resumed = run_stage(project, "train", *settings, env=env, tracking="local")
     assert "resumed from epoch 1" in resumed.stderr + resumed.stdout
     want = read_json(trained / "models" / "vae" / "workers.json")[0]["weights"]
     assert read_json(project / "models" / "vae" / "workers.json")[0]["weights"] == want
@@ -128,7 +121,7 @@ def test_interrupted_stage_resumes_to_the_uninterrupted_weights(tmp_path, traine
 def test_unreachable_tracking_server_fails_before_training(tmp_path, ray_address):
     project = make_project(tmp_path / "p")
     run = run_stage(project, "train", "--model", "gan", check=False,
-                    env={"RAY_ADDRESS": ray_address, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+                    env={"RAY_ADDRESS": ray_address, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}, tracking="local")
     assert run.returncode == 1
     assert "http://127.0.0.1:9" in run.stderr and "unreachable" in run.stderr
     assert not (project / "ray_results").exists()  # no Ray job was started
@@ -177,7 +170,7 @@ def test_reference_features_are_the_saved_checkpoints(trained, ray_address, work
     folder = "models/classifier" if workers == 2 else "models/classifier-1w"
     if workers == 1:
         run_stage(trained, "classifier", "--set", "ray.num_workers=1", "--out", folder,
-                  "--metrics", "metrics/classifier-1w.json", env={"RAY_ADDRESS": ray_address})
+                  "--metrics", "metrics/classifier-1w.json", env={"RAY_ADDRESS": ray_address}, tracking="local")
     classifier = model_from_checkpoint(trained / folder / "checkpoint.pt")
     reference = np.load(trained / folder / "reference.npz")
     test = load_split(trained / "data" / "prepared", "test")

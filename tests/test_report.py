@@ -118,7 +118,7 @@ def make_project(root: Path) -> str:
 
 
 def run_report(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return run_stage(root, "report", *args, env={"MPLBACKEND": "Agg"}, check=False, timeout=120)
+    return run_stage(root, "report", *args, env={"MPLBACKEND": "Agg"}, check=False, timeout=120, tracking="local")
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +148,17 @@ def test_training_compute_sums_epoch_rows_only() -> None:
     assert training_compute(history) == (3.0, 2000)
     assert training_compute([{"step": 4, "loss": 1.0}]) == (None, None)
 
+
+def test_rgb_sample_grid_stays_rgb(tmp_path: Path) -> None:
+    from components.report.grid import make_grid
+
+    images = np.zeros((4, 3, 8, 8), np.uint8)
+    images[:, 0] = 255  # pure red
+    grid = make_grid(images, rows=2)
+    assert grid.shape == (2 * 10 + 2, 2 * 10 + 2, 3) and grid[2:10, 2:10].tolist() == [[[255, 0, 0]] * 8] * 8
+    Image.fromarray(grid).save(tmp_path / "grid.png")
+    assert Image.open(tmp_path / "grid.png").mode == "RGB"
+    assert make_grid(images[:, :1], rows=2).ndim == 2  # grayscale stays one plane
 
 def test_gap_closed_is_log_position_between_ceiling_and_floor() -> None:
     assert _gap_closed(400.0, 4.0, 400.0) == pytest.approx(0.0)

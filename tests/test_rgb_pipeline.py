@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from PIL import Image
 from project import make_project, read_json, run_stage
-from servers import ray_node
 
 from components.data.synthetic import make_synthetic
 
@@ -38,11 +37,6 @@ def write_rgb_folder(root: Path, per_class: int = 60, seed: int = 0) -> None:
         Image.fromarray(image).save(folder / f"{i:04d}.png")
 
 
-@pytest.fixture(scope="module")
-def ray_address(tmp_path_factory: pytest.TempPathFactory):
-    with ray_node(tmp_path_factory.mktemp("ray"), num_cpus=2) as address:
-        yield address
-
 
 def test_rgb_image_folder_through_every_stage(tmp_path: Path, ray_address: str) -> None:
     images = tmp_path / "rgb-shapes"
@@ -55,16 +49,16 @@ def test_rgb_image_folder_through_every_stage(tmp_path: Path, ray_address: str) 
     meta = read_json(project / "data" / "prepared" / "meta.json")
     assert meta["shape"] == [3, 32, 32] and meta["counts"] == {"train": 480, "test": 120}
     env = {"RAY_ADDRESS": ray_address}
-    run_stage(project, "classifier", env=env)
+    run_stage(project, "classifier", env=env, tracking="local")
     for family in FAMILIES:
         for stage in ("train", "sample", "evaluate"):
-            run_stage(project, stage, "--model", family, env=env)
+            run_stage(project, stage, "--model", family, env=env, tracking="local")
         assert [w["rank"] for w in read_json(project / "models" / family / "workers.json")] == [0, 1]
         metrics = read_json(project / "metrics" / f"{family}.json")
         assert math.isfinite(metrics["fid"]) and math.isfinite(metrics["kid"]), metrics
         grid = np.asarray(Image.open(project / "samples" / family / "grid.png"))
         assert grid.ndim == 3 and grid.shape[2] == 3, grid.shape  # RGB, not a grey plane
     assert read_json(project / "metrics" / "classifier.json")["test_accuracy"] > 0.3
-    run_stage(project, "report")
+    run_stage(project, "report", tracking="local")
     board = (project / "reports" / "leaderboard.md").read_text()
     assert all(family in board for family in FAMILIES) and "floor" in board.lower(), board

@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from serving_models import TINY, log_tiny
+from serving_models import SERVED, log_tiny
+from tiny_models import TINY
 
 from components.serving.generator import decode_images
 
 ROOT = Path(__file__).resolve().parents[1]
-FAMILIES = list(TINY)
-CONDITIONAL = ["cgan", "ddpm_cond"]
+FAMILIES = SERVED
+CONDITIONAL = ["cgan", "ddpm-cond"]
 
 
 @pytest.fixture(scope="module")
@@ -71,13 +72,13 @@ def test_labels_change_the_images(loaded: dict, name: str) -> None:
 
 def test_cgan_without_label_cycles_the_classes_and_ddpm_samples_unconditionally(loaded: dict) -> None:
     assert loaded["cgan"].predict(request([12]))["label"].tolist() == [i % 10 for i in range(12)]
-    assert loaded["ddpm_cond"].predict(request([2]))["label"].tolist() == [-1, -1]
+    assert loaded["ddpm-cond"].predict(request([2]))["label"].tolist() == [-1, -1]
 
 
 def test_diffusion_params_are_in_the_signature_and_change_the_images(loaded: dict) -> None:
-    model = loaded["ddpm_cond"]
+    model = loaded["ddpm-cond"]
     params = {p.name: p.default for p in model.metadata.signature.params.params}
-    assert params == {"seed": 0, "sampler": "ddim", "steps": 4, "guidance_scale": 1.0}
+    assert params == {"seed": 0, "sampler": "ddim", "steps": TINY["ddpm"]["sample_steps"], "guidance_scale": 1.0}
     assert {p.name for p in loaded["gan"].metadata.signature.params.params} == {"seed"}
     draws = [model.predict(request([2], [4]), params={"seed": 1, **extra})["image"].tolist()
              for extra in ({}, {"steps": 2}, {"sampler": "ancestral"}, {"guidance_scale": 0.0})]
@@ -107,7 +108,7 @@ def test_loads_and_generates_in_a_fresh_process_outside_the_repo(logged: dict, l
         "torch.set_num_threads(1)\n"
         "uris, out = json.loads(sys.argv[1]), {}\n"
         "for name, uri in uris.items():\n"
-        "    frame = pd.DataFrame({'num_images': [3], 'label': [2 if name in ('cgan', 'ddpm_cond') else None]})\n"
+        "    frame = pd.DataFrame({'num_images': [3], 'label': [2 if name in ('cgan', 'ddpm-cond') else None]})\n"
         "    out[name] = mlflow.pyfunc.load_model(uri).predict(frame, params={'seed': 9})['image'].tolist()\n"
         "import components\n"
         "out['_components'] = components.__file__\n"

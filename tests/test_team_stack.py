@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from project import make_project, read_json, run_stage
-from servers import S3Server, local_stack, ray_node
+from servers import S3Server, local_stack
 
 pytestmark = pytest.mark.slow
 
@@ -39,10 +39,9 @@ def isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
 
 
 @pytest.fixture(scope="module")
-def ray_address(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server, isolated_environment) -> Iterator[str]:
-    """A local Ray head (2 CPUs) whose workers inherit the S3 keys from its environment."""
-    with ray_node(tmp_path_factory.mktemp("ray"), num_cpus=2, env=s3_server.env()) as address:
-        yield address
+def ray_node_env(s3_server: S3Server, isolated_environment) -> dict[str, str]:
+    """The module's Ray head (conftest.py's ``ray_address``) and so its workers get the S3 keys."""
+    return s3_server.env()
 
 
 def keys(s3: S3Server, bucket: str, prefix: str = "") -> list[str]:
@@ -63,7 +62,7 @@ def test_interrupted_training_resumes_from_its_s3_checkpoint(tmp_path: Path, s3_
                 "--set", "train.gan.log_every=2"]
     env = {"RAY_ADDRESS": ray_address, **s3_server.env()}
     marker = tmp_path / "fault-fired"
-    failed = run_stage(project, "train", *settings, check=False,
+    failed = run_stage(project, "train", *settings, check=False, tracking="local",
                        env={**env, "GENMODELS_FAULT_AT_STEP": "6", "GENMODELS_FAULT_MARKER": str(marker)})
     assert failed.returncode != 0 and marker.read_text() == "6"  # step 6 = in epoch 2 (4 steps an epoch)
     assert not (project / "models" / "gan").exists()
@@ -72,7 +71,7 @@ def test_interrupted_training_resumes_from_its_s3_checkpoint(tmp_path: Path, s3_
     assert len(checkpoints) == 1, stored  # epoch 1's, written by the workers straight to S3
     run_prefix = "/".join(checkpoints[0].split("/")[:2]) + "/"
 
-    resumed = run_stage(project, "train", *settings, env=env)
+    resumed = run_stage(project, "train", *settings, env=env, tracking="local")
     assert "resumed from epoch 1" in resumed.stdout + resumed.stderr
     assert s3_server.secret_key not in resumed.stdout + resumed.stderr  # keys stay out of Ray's config and logs
     workers = read_json(project / "models" / "gan" / "workers.json")
@@ -86,7 +85,7 @@ def test_wrong_s3_keys_fail_before_training(tmp_path: Path, s3_server: S3Server,
     project = make_project(tmp_path / "p")
     env = {"RAY_ADDRESS": ray_address, **s3_server.env(), "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
     run = run_stage(project, "train", "--model", "gan", "--set", f"ray.storage_path=s3://{RAY_BUCKET}/wrong",
-                    env=env, check=False)
+                    env=env, check=False, tracking="local")
     assert run.returncode != 0
     assert f"checkpoint storage s3://{RAY_BUCKET}/wrong cannot be used" in run.stderr
     assert "AWS_SECRET_ACCESS_KEY" in run.stderr and "not-the-secret" not in run.stdout + run.stderr
@@ -115,7 +114,8 @@ def test_the_stacks_mlflow_refuses_strangers_and_the_pipeline_logs_with_its_cred
         assert refused.value.code == 401
 
     project = make_project(tmp_path / "p")
-    run_stage(project, "train", "--model", "gan", "--plain", env=team_stack)  # what `eval "$(stack env)"` gives
+    run_stage(project, "train", "--model", "gan", "--plain", tracking="local",
+              env=team_stack)  # what `eval "$(stack env)"` gives
     run_id = read_json(project / "models" / "gan" / "mlflow_run.json")["run_id"]
     with pytest.MonkeyPatch.context() as mp:
         for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):

@@ -30,11 +30,17 @@ CASES: dict[str, tuple[str, dict]] = {
 }
 
 
+def tiny_config(case: str, **overrides) -> dict:
+    """The model section of ``case`` (a family or a variant): its family's tiny settings, the
+    variant's, then ``overrides``; ``family`` included."""
+    family, variant = CASES[case]
+    return {"family": family, **TINY[family], **variant, **overrides}
+
+
 def build(case: str, size: int = 28, **overrides) -> GenerativeModel:
     """A tiny model of ``case`` (a family or a variant) on CPU, for ``size`` x ``size`` grey images."""
-    family, variant = CASES[case]
-    config = model_config_from_dict({"family": family, **TINY[family], **variant, **overrides})
-    return model_class(family)(config, DataSpec(1, size, size, 10))
+    config = model_config_from_dict(tiny_config(case, **overrides))
+    return model_class(config.family)(config, DataSpec(1, size, size, 10))
 
 
 def tiny_data(n: int = 32, size: int = 28, seed: int = 0) -> tuple[Tensor, Tensor]:
