@@ -175,7 +175,9 @@ class TrainBase(StrictModel):
     log_every: PositiveInt = Field(50, description="steps between loss logs (and NaN checks)")
     image_every: PositiveInt = Field(1, description="epochs between logged sample grids")
     checkpoint_every: PositiveInt = Field(1, description="epochs between checkpoints")
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto = bf16 autocast where the training device has native bf16 (CPU: AVX512-BF16 "
+        "or AMX; CUDA), else fp32; decided in the worker (components/training/precision.py)")
     channels_last: bool = False
     compile: Literal["off", "default", "reduce-overhead"] = "off"
 
@@ -334,8 +336,6 @@ class PipelineConfig(StrictModel):
         if self.evaluate.kid_subset_size > self.evaluate.num_samples:
             raise ValueError("evaluate.kid_subset_size must not exceed evaluate.num_samples")
         for name, cfg in self.train.items():
-            if cfg.precision == "bf16" and not self.ray.use_gpu:
-                raise ValueError(f"train.{name}.precision: bf16 needs ray.use_gpu (it is slow on CPU)")
             if isinstance(cfg, DDPMConfig) and len(cfg.channel_mults) > (most := unet_levels(self.data.image_size)):
                 raise ValueError(f"train.{name}.channel_mults: {len(cfg.channel_mults)} levels, but "
                                  f"data.image_size={self.data.image_size} allows at most {most} (each level "

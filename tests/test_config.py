@@ -218,3 +218,17 @@ def test_a_renamed_section_says_what_it_is_called_now(tmp_path):
 def test_no_model_may_take_the_classifier_folder(tmp_path):
     found = problems(tmp_path, {"train": {"classifier": {"family": "gan"}}})
     assert any("and not 'classifier'" in p for p in found), found
+
+
+def test_precision_defaults_to_auto_and_bf16_no_longer_needs_a_gpu(tmp_path):
+    """The worker decides (components/training/precision.py): the config cannot know its CPU."""
+    cfg = load_config(write_params(tmp_path, minimal()))
+    assert {m.precision for m in cfg.train.values()} == {"auto"} and cfg.classifier.precision == "auto"
+    params = minimal()
+    params["train"]["gan"]["precision"] = "bf16"
+    assert load_config(write_params(tmp_path, params)).train["gan"].precision == "bf16"  # ray.use_gpu is false
+    params["train"]["gan"]["precision"] = "fp16"
+    assert any(p.startswith("train.gan.precision: Input should be 'auto', 'fp32' or 'bf16'")
+               for p in problems(tmp_path, params))
+    gpu = load_config(ROOT / "params.yaml", ["profile=gpu"])
+    assert gpu.train["ddpm"].precision == "bf16"  # the gpu profile still asks for it explicitly

@@ -60,7 +60,7 @@ class ReportCallback(Callback):
                 (Path(folder) / HISTORY_FILE).write_text(json.dumps(self.history))
             # every rank adds its weights digest and node: the driver checks DDP kept the ranks equal
             worker = {"rank": self.session.rank, "node": self.session.node, "weights": parameter_digest(model),
-                      "step": model.step}
+                      "step": model.step, "precision": model.precision}
             (Path(folder) / f"worker-{self.session.rank:03d}.json").write_text(json.dumps(worker))
             self.session.report(metrics, Path(folder))
 

@@ -142,6 +142,11 @@ class TrainableModel(abc.ABC):
         """Re-seed the step generator; called at every epoch start so resume is exact."""
         self.rng.manual_seed(rank_seed(seed, rank, epoch))
 
+    @property
+    def precision(self) -> Literal["fp32", "bf16"]:
+        """The precision the forward passes run in (set by ``configure_runtime``)."""
+        return "bf16" if self.autocast_dtype == torch.bfloat16 else "fp32"
+
     def autocast(self) -> Any:
         """Autocast context for forward passes (a no-op unless bf16 was enabled)."""
         if self.autocast_dtype is None:

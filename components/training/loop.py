@@ -19,6 +19,7 @@ from torch import Tensor
 
 from components.data.loader import TensorLoader
 from components.models.base import TrainableModel
+from components.training.precision import resolve_precision
 
 
 class NonFiniteLossError(RuntimeError):
@@ -63,12 +64,14 @@ def configure_runtime(model: TrainableModel, precision: str = "fp32", channels_l
     """Apply the fast-path options to a model before training.
 
     Args:
-        precision: ``bf16`` enables autocast in the model's forward passes.
+        precision: ``auto``, ``fp32`` or ``bf16``, resolved on the model's device
+            (``precision.resolve_precision``: raises for bf16 where the device lacks it); bf16
+            enables autocast in the model's forward passes. ``model.precision`` says which ran.
         channels_last: NHWC memory format for the conv networks.
         compile_mode: ``off``, ``default`` or ``reduce-overhead`` (CUDA graphs); compile
             errors fall back to eager (dynamo's ``suppress_errors``).
     """
-    if precision == "bf16":
+    if resolve_precision(precision, model.device) == "bf16":
         model.autocast_dtype = torch.bfloat16
     if channels_last:
         for net in model.networks().values():
