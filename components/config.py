@@ -162,9 +162,24 @@ class TrainBase(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _renamed_keys(cls, data: Any) -> Any:
-        return reject_renamed(data, RENAMED_TRAIN_KEYS)
+        data = reject_renamed(data, RENAMED_TRAIN_KEYS)
+        if isinstance(data, dict) and data.get("steps") is not None and "epochs" not in data:
+            data = {**data, "epochs": None}  # steps given alone decides: the default epochs steps aside
+        return data
 
-    epochs: PositiveInt = 5
+    @model_validator(mode="after")
+    def _one_length(self) -> TrainBase:
+        if self.epochs is not None and self.steps is not None:
+            raise ValueError(f"steps: epochs ({self.epochs}) and steps ({self.steps}) both set the run's length; "
+                             "give one of them (epochs: null to train by steps)")
+        if self.epochs is None and self.steps is None:
+            raise ValueError("epochs: null and no steps: give epochs or steps")
+        return self
+
+    epochs: PositiveInt | None = Field(5, description="passes over the data; null when steps decides the length")
+    steps: PositiveInt | None = Field(
+        None, description="optimiser steps per worker in all, whatever the data's size (the last epoch may be "
+        "partial); given, it decides the run's length, and epochs must be null or left out")
     batch_size: PositiveInt = 128
     lr: PositiveFloat = 2e-4
     adam_betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
@@ -283,7 +298,7 @@ class ClassifierConfig(TrainBase):
     """
 
     family: Literal["classifier"] = "classifier"
-    epochs: PositiveInt = 3
+    epochs: PositiveInt | None = 3
     lr: PositiveFloat = 1e-3
     adam_betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
     width: PositiveInt = 16

@@ -74,6 +74,9 @@ class TrainableModel(abc.ABC):
     network_names: ClassVar[tuple[str, ...]]
     #: networks that are not trained by gradient (EMA copies); saved, never DDP-wrapped.
     shadow_names: ClassVar[tuple[str, ...]] = ()
+    #: fewer optimiser steps per worker than this and a run learns nothing worth sampling: training
+    #: warns (``loop.warn_if_short``); None = no such warning
+    min_useful_steps: ClassVar[int | None] = None
 
     def __init__(self, config: Any, spec: DataSpec, device: torch.device | str = "cpu"):
         self.config = config

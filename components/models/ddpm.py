@@ -336,6 +336,9 @@ class DDPM(GenerativeModel):
     kind: ClassVar[Literal["gan", "vae", "diffusion"]] = "diffusion"
     network_names: ClassVar[tuple[str, ...]] = ("denoiser",)
     shadow_names: ClassVar[tuple[str, ...]] = ("ema",)
+    # 12 steps stay untrained (FID 737), the default's 702 reach FID 194 and 820 FID 179
+    # (docs/benchmarks.md); its EMA (decay 0.999) also needs some hundreds of steps to move
+    min_useful_steps: ClassVar[int | None] = 500
 
     def __init__(self, config: DDPMConfig, spec: DataSpec, device: torch.device | str = "cpu"):
         super().__init__(config, spec, device)
