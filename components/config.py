@@ -162,9 +162,24 @@ class TrainBase(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _renamed_keys(cls, data: Any) -> Any:
-        return reject_renamed(data, RENAMED_TRAIN_KEYS)
+        data = reject_renamed(data, RENAMED_TRAIN_KEYS)
+        if isinstance(data, dict) and data.get("steps") is not None and "epochs" not in data:
+            data = {**data, "epochs": None}  # steps given alone decides: the default epochs steps aside
+        return data
 
-    epochs: PositiveInt = 5
+    @model_validator(mode="after")
+    def _one_length(self) -> TrainBase:
+        if self.epochs is not None and self.steps is not None:
+            raise ValueError(f"steps: epochs ({self.epochs}) and steps ({self.steps}) both set the run's length; "
+                             "give one of them (epochs: null to train by steps)")
+        if self.epochs is None and self.steps is None:
+            raise ValueError("epochs: null and no steps: give epochs or steps")
+        return self
+
+    epochs: PositiveInt | None = Field(5, description="passes over the data; null when steps decides the length")
+    steps: PositiveInt | None = Field(
+        None, description="optimiser steps per worker in all, whatever the data's size (the last epoch may be "
+        "partial); given, it decides the run's length, and epochs must be null or left out")
     batch_size: PositiveInt = 128
     lr: PositiveFloat = 2e-4
     adam_betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
@@ -175,7 +190,9 @@ class TrainBase(StrictModel):
     log_every: PositiveInt = Field(50, description="steps between loss logs (and NaN checks)")
     image_every: PositiveInt = Field(1, description="epochs between logged sample grids")
     checkpoint_every: PositiveInt = Field(1, description="epochs between checkpoints")
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto = bf16 autocast where the training device has native bf16 (CPU: AVX512-BF16 "
+        "or AMX; CUDA), else fp32; decided in the worker (components/training/precision.py)")
     channels_last: bool = False
     compile: Literal["off", "default", "reduce-overhead"] = "off"
 
@@ -281,7 +298,7 @@ class ClassifierConfig(TrainBase):
     """
 
     family: Literal["classifier"] = "classifier"
-    epochs: PositiveInt = 3
+    epochs: PositiveInt | None = 3
     lr: PositiveFloat = 1e-3
     adam_betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
     width: PositiveInt = 16
@@ -334,8 +351,6 @@ class PipelineConfig(StrictModel):
         if self.evaluate.kid_subset_size > self.evaluate.num_samples:
             raise ValueError("evaluate.kid_subset_size must not exceed evaluate.num_samples")
         for name, cfg in self.train.items():
-            if cfg.precision == "bf16" and not self.ray.use_gpu:
-                raise ValueError(f"train.{name}.precision: bf16 needs ray.use_gpu (it is slow on CPU)")
             if isinstance(cfg, DDPMConfig) and len(cfg.channel_mults) > (most := unet_levels(self.data.image_size)):
                 raise ValueError(f"train.{name}.channel_mults: {len(cfg.channel_mults)} levels, but "
                                  f"data.image_size={self.data.image_size} allows at most {most} (each level "

@@ -189,6 +189,15 @@ class RunLogger:
     def log_image(self, image: Any, key: str, step: int) -> None:
         self._queue.put(("image", image, key, step))
 
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Log params now (once per run, so not batched). MLflow params cannot change: a resumed
+        run that logs another value is reported as a failed write, the first value kept."""
+        from mlflow.entities import Param
+
+        batch = [Param(k, str(v)) for k, v in params.items()]
+        with self._lock:
+            self._guard(lambda: self._client.log_batch(self.run_id, params=batch), "log_params")
+
     # -- consumer side
     def _send_metrics(self, batch: list[tuple[dict[str, float], int, int]]) -> None:
         from mlflow.entities import Metric
@@ -287,7 +296,9 @@ class MlflowCallback:
         self.image_every, self.epochs, self.grid_seed = image_every, epochs, grid_seed
 
     def on_train_start(self, model: TrainableModel, start_epoch: int) -> None:
-        del model, start_epoch
+        del start_epoch
+        # what the worker resolved: the driver logged config.precision (maybe ``auto``) before it ran
+        self.logger.log_params({"runtime.precision": model.precision})
 
     def on_log(self, model: TrainableModel, step: int, losses: dict[str, float]) -> None:
         self.logger.log_metrics({f"train/{k}": v for k, v in losses.items()}, step)

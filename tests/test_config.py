@@ -214,3 +214,37 @@ def test_a_renamed_section_says_what_it_is_called_now(tmp_path):
 def test_no_model_may_take_the_classifier_folder(tmp_path):
     found = problems(tmp_path, {"train": {"classifier": {"family": "gan"}}})
     assert any("and not 'classifier'" in p for p in found), found
+
+
+def test_precision_defaults_to_auto_and_bf16_no_longer_needs_a_gpu(tmp_path):
+    """The worker decides (components/training/precision.py): the config cannot know its CPU."""
+    cfg = load_config(write_params(tmp_path, minimal()))
+    assert {m.precision for m in cfg.train.values()} == {"auto"} and cfg.classifier.precision == "auto"
+    params = minimal()
+    params["train"]["gan"]["precision"] = "bf16"
+    assert load_config(write_params(tmp_path, params)).train["gan"].precision == "bf16"  # ray.use_gpu is false
+    params["train"]["gan"]["precision"] = "fp16"
+    assert any(p.startswith("train.gan.precision: Input should be 'auto', 'fp32' or 'bf16'")
+               for p in problems(tmp_path, params))
+    gpu = load_config(ROOT / "params.yaml", ["profile=gpu"])
+    assert gpu.train["ddpm"].precision == "bf16"  # the gpu profile still asks for it explicitly
+
+
+def test_a_run_is_sized_by_epochs_or_steps_never_both(tmp_path):
+    params = minimal()
+    params["train"]["gan"]["steps"] = 2_000  # steps alone: the default epochs steps aside
+    gan = load_config(write_params(tmp_path, params)).train["gan"]
+    assert (gan.steps, gan.epochs) == (2_000, None)
+    assert load_config(write_params(tmp_path, minimal())).train["gan"].steps is None  # default: epochs decide
+    params["train"]["gan"]["epochs"] = 8
+    assert any(p.startswith("train.gan: Value error, steps: epochs (8) and steps (2000) both set")
+               for p in problems(tmp_path, params))
+    params["train"]["gan"].update(epochs=None, steps=None)
+    assert any(p.startswith("train.gan: Value error, epochs: null and no steps") for p in problems(tmp_path, params))
+    params["train"]["gan"].update(steps=0)
+    assert any(p.startswith("train.gan.steps: Input should be greater than 0") for p in problems(tmp_path, params))
+    # params.yaml sets epochs for every model: training one by steps from the command line
+    cfg = load_config(ROOT / "params.yaml", ["train.ddpm.epochs=null", "train.ddpm.steps=1500"])
+    assert (cfg.train["ddpm"].steps, cfg.train["ddpm"].epochs) == (1_500, None)
+    with pytest.raises(ConfigError, match="train.ddpm: Value error, steps: epochs"):
+        load_config(ROOT / "params.yaml", ["train.ddpm.steps=1500"])

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +17,10 @@ from components.config import GANConfig, LoadingConfig, VAEConfig
 from components.data.loader import TensorLoader
 from components.distributed.datasets import ArraySource
 from components.distributed.session import LocalSession
-from components.distributed.train_jobs import train_job
+from components.distributed.train_jobs import FAULT_MARKER_ENV, FAULT_STEP_ENV, train_job
 from components.models import build_model
 from components.models.base import DataSpec
+from components.models.vae import VAE
 from components.training.checkpoint import (
     CHECKPOINT_FILE,
     checkpoint_payload,
@@ -26,7 +29,15 @@ from components.training.checkpoint import (
     parameter_digest,
     save_checkpoint,
 )
-from components.training.loop import Callback, NonFiniteLossError, fit
+from components.training.loop import (
+    Callback,
+    NonFiniteLossError,
+    RunLength,
+    ShortRunWarning,
+    fit,
+    run_length,
+    warn_if_short,
+)
 
 SPEC = DataSpec()
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,3 +205,76 @@ print("ok")
 """
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
+
+
+# ---------------------------------------------------------------------------- a length in optimiser steps
+def steps_job(steps: int, **fields) -> dict:
+    """``job`` trained by ``steps`` (192 rows at batch 64: 3 steps an epoch)."""
+    config = VAEConfig(steps=steps, batch_size=64, hidden_dim=8, latent_dim=4, log_every=1, **fields)
+    return {**job(epochs=1), "config": config.model_dump(mode="json")}
+
+
+def test_fit_stops_at_max_steps_mid_epoch():
+    images, labels = data()  # 256 rows at batch 64: 4 steps an epoch
+    model = build_model(VAEConfig(steps=10, batch_size=64, hidden_dim=8, latent_dim=4), SPEC)
+    loader = TensorLoader(images, labels, 64)
+    length = run_length(model.config.epochs, model.config.steps, len(loader))
+    assert length == RunLength(epochs=3, steps=10)
+    history = fit(model, loader, epochs=length.epochs, seed=0, log_every=3, max_steps=length.steps)
+    assert model.step == 10 and [s.steps for s in history] == [4, 4, 2]
+    assert run_length(5, None, 4) == RunLength(epochs=5, steps=20)  # epochs decide: whole epochs, as before
+
+
+def test_a_run_by_steps_resumes_to_the_same_step_and_weights(tmp_path, monkeypatch):
+    uninterrupted = session(tmp_path / "a")
+    train_job(steps_job(8), uninterrupted)
+    monkeypatch.setenv(FAULT_STEP_ENV, "7")  # in epoch 3 (steps 7-9), after the epoch-2 checkpoint at step 6
+    monkeypatch.setenv(FAULT_MARKER_ENV, str(tmp_path / "fired"))
+    interrupted = session(tmp_path / "b")
+    with pytest.raises(RuntimeError, match="injected fault at step 7"):
+        train_job(steps_job(8), interrupted)
+    history = train_job(steps_job(8), interrupted)  # the same job again: resumes at epoch 2, step 6
+    assert [(s.epoch, s.steps) for s in history] == [(2, 2)]  # the last epoch, partial
+    with uninterrupted.latest_checkpoint() as a, interrupted.latest_checkpoint() as b:
+        want, got = load_checkpoint(a), load_checkpoint(b)
+        assert json.loads((b / "worker-000.json").read_text())["step"] == 8
+    assert want["state"]["step"] == got["state"]["step"] == 8 and want["epoch"] == got["epoch"] == 3
+    assert parameter_digest(model_from_checkpoint(got)) == parameter_digest(model_from_checkpoint(want))
+
+
+def test_every_rank_stops_at_the_same_step():
+    """DDP: per-rank step counts over loaders of equal length (uneven shards are padded), so no rank
+    is left waiting at an all-reduce."""
+    images, labels = data(101)  # 51 and 50 rows: 5 batches of 10 on each rank
+    steps = []
+    for rank in range(2):
+        model = build_model(VAEConfig(steps=7, batch_size=10, hidden_dim=8, latent_dim=4), SPEC)
+        loader = TensorLoader(images, labels, 10, rank=rank, world_size=2)
+        length = run_length(None, 7, len(loader))
+        fit(model, loader, epochs=length.epochs, seed=0, rank=rank, log_every=100, max_steps=length.steps)
+        steps.append(model.step)
+    assert steps == [7, 7]
+
+
+def test_a_short_run_warns_once_at_the_start_and_a_long_one_does_not(tmp_path, monkeypatch):
+    with pytest.warns(ShortRunWarning, match=r"vae: 4 optimiser steps per worker \(2 epochs\), fewer than the ~500") as got:
+        train_job(steps_job(4), session(tmp_path / "short"))
+    assert len([w for w in got if w.category is ShortRunWarning]) == 1
+    monkeypatch.setattr(VAE, "min_useful_steps", 4)  # 4 steps are enough now: the same path stays quiet
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ShortRunWarning)
+        train_job(steps_job(4), session(tmp_path / "long"))
+
+
+@pytest.mark.parametrize(("family", "steps", "warns"), [
+    ("gan", 55, True),  # the 1,500-image folder that learned nothing
+    ("gan", 1_170, False), ("dcgan", 585, True), ("dcgan", 1_872, False),  # the default's lengths
+    ("vae", 702, False), ("ddpm", 702, False), ("ddpm", 12, True),
+])
+def test_the_short_run_thresholds_against_the_measured_runs(family, steps, warns):
+    from tests.tiny_models import build
+
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        warn_if_short(build(family), RunLength(epochs=1, steps=steps))
+    assert [w.category for w in got] == ([ShortRunWarning] if warns else [])

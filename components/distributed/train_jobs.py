@@ -27,7 +27,7 @@ from components.training.checkpoint import (
     parameter_digest,
     save_checkpoint,
 )
-from components.training.loop import Callback, EpochStats, configure_runtime, fit
+from components.training.loop import Callback, EpochStats, RunLength, configure_runtime, fit, run_length, warn_if_short
 
 HISTORY_FILE = "history.json"
 FAULT_STEP_ENV = "GENMODELS_FAULT_AT_STEP"  # test-only: raise once at this step
@@ -60,7 +60,7 @@ class ReportCallback(Callback):
                 (Path(folder) / HISTORY_FILE).write_text(json.dumps(self.history))
             # every rank adds its weights digest and node: the driver checks DDP kept the ranks equal
             worker = {"rank": self.session.rank, "node": self.session.node, "weights": parameter_digest(model),
-                      "step": model.step}
+                      "step": model.step, "precision": model.precision}
             (Path(folder) / f"worker-{self.session.rank:03d}.json").write_text(json.dumps(worker))
             self.session.report(metrics, Path(folder))
 
@@ -97,7 +97,7 @@ def train_job(job: dict[str, Any], session: Session) -> list[EpochStats]:
     return _train(job, session)[1]
 
 
-def _train(job: dict[str, Any], session: Session) -> tuple[TrainableModel, list[EpochStats]]:
+def _train(job: dict[str, Any], session: Session) -> tuple[TrainableModel, list[EpochStats], RunLength]:
     cfg = model_config_from_dict(job["config"])
     model = build_model(cfg, DataSpec(**job["spec"]), session.device)
     start_epoch = 0
@@ -114,23 +114,29 @@ def _train(job: dict[str, Any], session: Session) -> tuple[TrainableModel, list[
     configure_runtime(model, cfg.precision, cfg.channels_last, cfg.compile)
     model.wrap_networks(session.prepare)
     loader = _loader(job, session, model.spec, cfg.batch_size, cfg.seed)
+    length = run_length(cfg.epochs, cfg.steps, len(loader))  # per rank, so every rank stops at the same step
+    if session.rank == 0:
+        print(f"{job['name']}: {length.steps} steps per worker ({length.epochs} epochs of {len(loader)}), "
+              f"precision {model.precision} (asked: {cfg.precision})", flush=True)
+        warn_if_short(model, length)
     callbacks: list[Callback] = [HistoryCallback(history, session.world_size), FaultInjection()]
     logger = monitor = None
     if session.rank == 0 and job.get("tracking"):
         from components.tracking import MlflowCallback, start_tracking
 
         logger, monitor = start_tracking(job["tracking"])
-        callbacks.append(MlflowCallback(logger, session.world_size, cfg.image_every, cfg.epochs, job.get("grid_seed", 0)))
+        callbacks.append(MlflowCallback(logger, session.world_size, cfg.image_every, length.epochs, job.get("grid_seed", 0)))
     if session.rank == 0 and job.get("progress", True):
         from components.training.callbacks import ProgressBar
 
-        callbacks.append(ProgressBar(cfg.epochs * len(loader), desc=f"train {job['name']}"))
-    callbacks.append(ReportCallback(session, job["name"], cfg.checkpoint_every, cfg.epochs, history,
+        callbacks.append(ProgressBar(length.steps, desc=f"train {job['name']}"))
+    callbacks.append(ReportCallback(session, job["name"], cfg.checkpoint_every, length.epochs, history,
                                     before_checkpoint=logger.flush if logger is not None else None))
     try:
-        stats = fit(model, loader, epochs=cfg.epochs, seed=cfg.seed, start_epoch=start_epoch, rank=session.rank,
-                    log_every=cfg.log_every, channels_last=cfg.channels_last, callbacks=callbacks)
-        return model, stats
+        stats = fit(model, loader, epochs=length.epochs, seed=cfg.seed, start_epoch=start_epoch, rank=session.rank,
+                    log_every=cfg.log_every, channels_last=cfg.channels_last, max_steps=cfg.steps,
+                    callbacks=callbacks)
+        return model, stats, length
     finally:
         if monitor is not None:
             monitor.finish()
@@ -167,13 +173,13 @@ def classifier_job(job: dict[str, Any], session: Session) -> None:
     ``train_job`` and ``features_job`` would have written them. Every rank embeds with rank 0's
     state, the one saved: under DDP each rank's BatchNorm running statistics come from its own shard.
     """
-    model, _ = _train(job, session)
+    model, _, length = _train(job, session)
     for network in model.networks().values():
         session.broadcast(network)
-    epochs = model_config_from_dict(job["config"]).epochs
     with tempfile.TemporaryDirectory() as folder:
         if session.rank == 0:
-            save_checkpoint(Path(folder) / CHECKPOINT_FILE, checkpoint_payload(model, name=job["name"], epoch=epochs))
+            save_checkpoint(Path(folder) / CHECKPOINT_FILE,
+                            checkpoint_payload(model, name=job["name"], epoch=length.epochs))
         embed_sets(model, job["image_sets"], job["batch_size"], session, Path(folder))
         session.report({"sets": len(job["image_sets"])}, Path(folder))
 

@@ -74,6 +74,9 @@ class TrainableModel(abc.ABC):
     network_names: ClassVar[tuple[str, ...]]
     #: networks that are not trained by gradient (EMA copies); saved, never DDP-wrapped.
     shadow_names: ClassVar[tuple[str, ...]] = ()
+    #: fewer optimiser steps per worker than this and a run learns nothing worth sampling: training
+    #: warns (``loop.warn_if_short``); None = no such warning
+    min_useful_steps: ClassVar[int | None] = None
 
     def __init__(self, config: Any, spec: DataSpec, device: torch.device | str = "cpu"):
         self.config = config
@@ -141,6 +144,11 @@ class TrainableModel(abc.ABC):
     def reseed(self, seed: int, rank: int, epoch: int) -> None:
         """Re-seed the step generator; called at every epoch start so resume is exact."""
         self.rng.manual_seed(rank_seed(seed, rank, epoch))
+
+    @property
+    def precision(self) -> Literal["fp32", "bf16"]:
+        """The precision the forward passes run in (set by ``configure_runtime``)."""
+        return "bf16" if self.autocast_dtype == torch.bfloat16 else "fp32"
 
     def autocast(self) -> Any:
         """Autocast context for forward passes (a no-op unless bf16 was enabled)."""

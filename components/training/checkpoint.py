@@ -26,6 +26,7 @@ def checkpoint_payload(model: TrainableModel, *, name: str, epoch: int, extra: d
         "name": name,
         "family": model.family,
         "config": model.config.model_dump(mode="json"),
+        "precision": model.precision,  # what the run trained in (the config may say auto)
         "data_spec": model.spec.to_dict(),
         "epoch": epoch,
         "state": model.state_dict(),

@@ -1,4 +1,4 @@
-"""``fit``: run any model for some epochs over a TensorLoader. Plain PyTorch.
+"""``fit``: run any model for some epochs (or optimiser steps) over a TensorLoader. Plain PyTorch.
 
 Ray and MLflow plug in through callbacks; the loop itself knows neither. Host-device
 synchronisation happens only every ``log_every`` steps and at epoch ends, which is also
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -19,6 +20,7 @@ from torch import Tensor
 
 from components.data.loader import TensorLoader
 from components.models.base import TrainableModel
+from components.training.precision import resolve_precision
 
 
 class NonFiniteLossError(RuntimeError):
@@ -44,6 +46,38 @@ class EpochStats:
         return self.images / self.seconds if self.seconds > 0 else float("nan")
 
 
+@dataclass(frozen=True)
+class RunLength:
+    """How long a run trains: ``epochs`` passes over the data, the last one partial when ``steps``
+    (optimiser steps per rank, in all) is not a whole number of epochs."""
+
+    epochs: int
+    steps: int
+
+
+def run_length(epochs: int | None, steps: int | None, steps_per_epoch: int) -> RunLength:
+    """The run's length from the config's ``epochs`` or ``steps`` (exactly one is set) and the loader's length."""
+    if steps is not None:
+        return RunLength(epochs=math.ceil(steps / steps_per_epoch), steps=steps)
+    if epochs is None:
+        raise ValueError("give epochs or steps")
+    return RunLength(epochs=epochs, steps=epochs * steps_per_epoch)
+
+
+class ShortRunWarning(UserWarning):
+    """A run with fewer optimiser steps than its family needs to learn anything."""
+
+
+def warn_if_short(model: TrainableModel, length: RunLength) -> None:
+    """Warn (once, at the start) when ``length`` is below the family's ``min_useful_steps``."""
+    least = model.min_useful_steps
+    if least is not None and length.steps < least:
+        warnings.warn(ShortRunWarning(
+            f"{model.family}: {length.steps} optimiser steps per worker ({length.epochs} epochs), fewer than the "
+            f"~{least} a {model.family} needs to learn anything: expect an untrained model. Train by steps "
+            f"(steps: {least} or more, epochs: null) or for more epochs."), stacklevel=2)
+
+
 class Callback(Protocol):
     """Hooks into ``fit``: subclass and override what you need, or offer all four (as
     ``tracking.MlflowCallback`` does, so that tracking needs no import of the loop)."""
@@ -63,12 +97,14 @@ def configure_runtime(model: TrainableModel, precision: str = "fp32", channels_l
     """Apply the fast-path options to a model before training.
 
     Args:
-        precision: ``bf16`` enables autocast in the model's forward passes.
+        precision: ``auto``, ``fp32`` or ``bf16``, resolved on the model's device
+            (``precision.resolve_precision``: raises for bf16 where the device lacks it); bf16
+            enables autocast in the model's forward passes. ``model.precision`` says which ran.
         channels_last: NHWC memory format for the conv networks.
         compile_mode: ``off``, ``default`` or ``reduce-overhead`` (CUDA graphs); compile
             errors fall back to eager (dynamo's ``suppress_errors``).
     """
-    if precision == "bf16":
+    if resolve_precision(precision, model.device) == "bf16":
         model.autocast_dtype = torch.bfloat16
     if channels_last:
         for net in model.networks().values():
@@ -106,12 +142,15 @@ def fit(
     rank: int = 0,
     log_every: int = 50,
     channels_last: bool = False,
+    max_steps: int | None = None,
     callbacks: Sequence[Callback] = (),
 ) -> list[EpochStats]:
-    """Train ``model`` from ``start_epoch`` up to ``epochs``.
+    """Train ``model`` from ``start_epoch`` up to ``epochs``, or until ``model.step`` reaches ``max_steps``.
 
     Each epoch reshuffles the loader by epoch and re-seeds the model's RNG from
     ``(seed, rank, epoch)``, so resuming at an epoch boundary reproduces an uninterrupted run.
+    ``max_steps`` counts the model's own (checkpointed) steps, so a resumed run stops at the same
+    total, and every DDP rank (same loader length) at the same step: none waits at an all-reduce.
 
     Returns:
         One EpochStats per epoch run.
@@ -120,6 +159,8 @@ def fit(
         cb.on_train_start(model, start_epoch)
     history = []
     for epoch in range(start_epoch, epochs):
+        if max_steps is not None and model.step >= max_steps:
+            break
         loader.set_epoch(epoch)
         model.reseed(seed, rank, epoch)
         model.train()
@@ -148,6 +189,8 @@ def fit(
                     cb.on_log(model, model.step, means)
                 epoch_sum = window if epoch_sum is None else epoch_sum.add_(window)
                 window, window_steps = None, 0
+            if max_steps is not None and model.step >= max_steps:
+                break  # the last epoch, partial
         if window is not None:
             epoch_sum = window if epoch_sum is None else epoch_sum.add_(window)
         if model.device.type == "cuda":

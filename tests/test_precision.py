@@ -1,0 +1,118 @@
+"""Precision by capability: ``auto`` resolves in the worker, bf16 without native support is an
+error, and the precision that ran is recorded (checkpoint, worker record, MLflow params)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from components.config import LoadingConfig, VAEConfig
+from components.data.loader import TensorLoader
+from components.distributed.datasets import ArraySource
+from components.distributed.session import LocalSession
+from components.distributed.train_jobs import train_job
+from components.models import FAMILIES
+from components.models.base import DataSpec
+from components.training import precision
+from components.training.checkpoint import load_checkpoint
+from components.training.loop import configure_runtime, fit
+from components.training.precision import CPU_BF16_ENV, PrecisionError, cpu_has_bf16, resolve_precision
+from tests.tiny_models import assert_same_state, build, flat_state
+
+SPEC = DataSpec()
+
+
+@pytest.mark.parametrize(("native", "want"), [("1", "bf16"), ("0", "fp32")])
+def test_auto_follows_the_cpu_capability_and_fp32_stays_fp32(monkeypatch, native, want):
+    monkeypatch.setenv(CPU_BF16_ENV, native)
+    assert resolve_precision("auto", "cpu") == want
+    assert resolve_precision("fp32", "cpu") == "fp32"
+
+
+@pytest.mark.parametrize(("flags", "want"), [
+    ("fpu sse avx512f avx512_bf16 avx512_vnni", True),
+    ("fpu sse amx_bf16 amx_tile", True),
+    ("fpu sse avx2 avx512f avx512_vnni", False),  # AVX-512 without its bf16 extension
+])
+def test_the_capability_is_read_from_the_cpu_flags(monkeypatch, tmp_path, flags, want):
+    monkeypatch.delenv(CPU_BF16_ENV, raising=False)
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    monkeypatch.setattr(precision, "CPUINFO", cpuinfo)
+    assert cpu_has_bf16() is want
+    monkeypatch.setattr(precision, "CPUINFO", tmp_path / "absent")  # no /proc (not Linux): no claim
+    assert cpu_has_bf16() is False
+
+
+def test_a_bad_override_is_an_error(monkeypatch):
+    monkeypatch.setenv(CPU_BF16_ENV, "yes")
+    with pytest.raises(ValueError, match=f"{CPU_BF16_ENV}='yes': expected 0 or 1"):
+        cpu_has_bf16()
+
+
+def data(n: int = 192, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(n, 1, 28, 28), dtype=np.uint8), rng.integers(0, 10, size=n)
+
+
+def job(**fields) -> dict:
+    config = VAEConfig(epochs=2, batch_size=64, hidden_dim=8, latent_dim=4, log_every=1, **fields)
+    return {"name": "vae", "config": config.model_dump(mode="json"), "spec": SPEC.to_dict(), "rows": 192,
+            "loading": {**LoadingConfig().model_dump(), "mode": "memory"}, "progress": False}
+
+
+def session(folder) -> LocalSession:
+    images, labels = data()
+    return LocalSession(folder, device="cpu", datasets={"train": ArraySource(images, labels)})
+
+
+def test_explicit_bf16_on_a_cpu_without_it_fails_before_training(monkeypatch, tmp_path):
+    monkeypatch.setenv(CPU_BF16_ENV, "0")
+    local = session(tmp_path)
+    with pytest.raises(PrecisionError, match="neither AVX512-BF16 nor AMX-BF16"):
+        train_job(job(precision="bf16"), local)
+    assert local.reports == [] and not any(tmp_path.iterdir())  # not one step, not one checkpoint
+
+
+@pytest.mark.parametrize(("native", "want"), [("1", "bf16"), ("0", "fp32")])
+def test_the_precision_that_ran_is_recorded(monkeypatch, tmp_path, native, want):
+    """``auto`` in the config; what the worker resolved in the checkpoint, the worker record and the run's params."""
+    from components import tracking
+
+    monkeypatch.setenv(CPU_BF16_ENV, native)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id = tracking.start_run(uri, "e", "vae", {"stage": "train@vae"}, {"config.precision": "auto"})
+    local = session(tmp_path / "ckpt")
+    train_job({**job(), "tracking": {"uri": uri, "run_id": run_id, "system_metrics": False}}, local)
+    with local.latest_checkpoint() as folder:
+        payload = load_checkpoint(folder)
+        worker = json.loads((folder / "worker-000.json").read_text())
+    assert payload["config"]["precision"] == "auto"
+    assert payload["precision"] == worker["precision"] == want
+    params = tracking.client(uri).get_run(run_id).data.params
+    assert params["runtime.precision"] == want and params["config.precision"] == "auto"
+
+
+def bf16_fit(family: str) -> torch.nn.Module:
+    images, labels = data(64)
+    model = build(family)
+    configure_runtime(model, "bf16")
+    fit(model, TensorLoader(images, labels, 16, seed=3), epochs=2, seed=3, log_every=4)
+    return model
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bf16_training_is_deterministic(monkeypatch, family):
+    """Same machine, config and seed: the same bits with bf16 too (and not fp32's bits: autocast ran)."""
+    monkeypatch.setenv(CPU_BF16_ENV, "1")  # a CPU without it emulates bf16: slower, as deterministic
+    a, b = bf16_fit(family), bf16_fit(family)
+    assert a.precision == "bf16" and a.step == 8
+    assert_same_state(a, b)
+    images, labels = data(64)
+    fp32 = build(family)
+    fit(fp32, TensorLoader(images, labels, 16, seed=3), epochs=2, seed=3, log_every=4)
+    differs = [k for k, v in flat_state(fp32).items() if not torch.equal(v, flat_state(a)[k])]
+    assert differs, "bf16 and fp32 gave the same weights: autocast did not run"
