@@ -16,6 +16,8 @@ CLASSIFIER = "classifier"  # the feature extractor's model folder and metrics na
 CLASSIFIER_DIR = f"{MODELS}/{CLASSIFIER}"
 CLASSIFIER_METRICS = f"{METRICS}/{CLASSIFIER}.json"
 REFERENCE_FILE = "reference.npz"  # in CLASSIFIER_DIR: the real images' features
+LOGS = "logs"  # each Ray job's streamed output (logs/<run name>.log) and the stages' times (stages.jsonl)
+STAGE_TIMES = f"{LOGS}/stages.jsonl"
 
 
 def model_dir(name: str) -> str:

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
 import sys
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
+from components import layout
 from components.config import ConfigError, PipelineConfig, load_config
+from components.distributed import console
 
 EXIT_CONFIG = 2
 MODEL = "{model}"  # stands for --model's value in a path argument's default
@@ -32,6 +39,8 @@ class StageParser(argparse.ArgumentParser):
             self.add_argument("--model", required=True, help="model name: a section of params.yaml's train")
         if model or plain:
             self.add_argument("--plain", action="store_true", help="run in this process without Ray (debugging)")
+            self.add_argument("-v", "--verbose", action="store_true",
+                              help=f"print everything Ray streams from the job's processes (also {console.VERBOSE_ENV}=1)")
 
     def path(self, flag: str, default: str, *, output: bool = False, help: str = "") -> None:
         """Add a path argument the stage reads (or, with ``output``, writes)."""
@@ -40,6 +49,8 @@ class StageParser(argparse.ArgumentParser):
 
     def parse_args(self, args: Sequence[str] | None = None, namespace=None) -> argparse.Namespace:  # type: ignore[override]
         parsed = super().parse_args(args, namespace)
+        if getattr(parsed, "verbose", False):
+            os.environ[console.VERBOSE_ENV] = "1"  # read by the Ray job's driver (components/distributed/console.py)
         for dest in (*self.inputs, *self.outputs):
             setattr(parsed, dest, getattr(parsed, dest).replace(MODEL, getattr(parsed, "model", MODEL)))
         return parsed
@@ -65,9 +76,38 @@ def load_or_exit(args: argparse.Namespace) -> PipelineConfig:
 
 
 def run_main(main: Callable[[], None], *errors: type[BaseException]) -> None:
-    """Run ``main``; expected failures become a one-line ``error:`` and exit 1 (no traceback)."""
+    """Run ``main``; expected failures become a one-line ``error:`` and exit 1 (no traceback).
+
+    Either way the stage's time is appended to ``logs/stages.jsonl`` (``make run``'s summary reads
+    it). Unless verbose, MLflow's INFO lines and download bars stay off the terminal.
+    """
+    if not console.verbose():
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    started, ok = time.time(), False
     try:
         main()
+        ok = True
     except errors as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
+    finally:
+        record_stage_time(stage_label(sys.argv), started, time.time() - started, ok)
+
+
+def stage_label(argv: Sequence[str]) -> str:
+    """``train@gan`` for ``.../pipelines/train.py --model gan`` (dvc.yaml's stage name), ``fetch`` for fetch."""
+    model = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--model"), None)
+    stem = Path(argv[0]).stem if argv else "stage"
+    return f"{stem}@{model}" if model else stem
+
+
+def record_stage_time(stage: str, started: float, seconds: float, ok: bool, path: str = layout.STAGE_TIMES) -> None:
+    """Append one ``{"stage", "started", "seconds", "ok"}`` line; a stage never fails for want of this record."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(json.dumps({"stage": stage, "started": round(started, 3), "seconds": round(seconds, 3),
+                                  "ok": ok}) + "\n")
+    except OSError as exc:
+        print(f"warning: stage time not recorded in {path}: {exc}", file=sys.stderr)

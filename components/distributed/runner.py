@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from components import layout
 from components.config import RayConfig
+from components.distributed import console
 from components.distributed.datasets import Source, ray_datasets
 from components.distributed.malloc import MALLOC_SETTINGS
 from components.distributed.session import Session
@@ -34,8 +36,9 @@ FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_
                  "GENMODELS_IMAGE", "GENMODELS_GIT_COMMIT", "MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_",
                  "MALLOC_TRIM_THRESHOLD_")
 # glibc's malloc in every worker (components/distributed/malloc.py says why), unless the driver's
-# environment says otherwise.
-WORKER_ENV_DEFAULTS = MALLOC_SETTINGS
+# environment says otherwise. Train's print patch routes a worker's print() through a logger *and*,
+# where something has wrapped sys.stdout (MLflow's system metrics do), tees it: every line twice.
+WORKER_ENV_DEFAULTS = {**MALLOC_SETTINGS, "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 
 MAX_JOB_BYTES = 64 << 20  # a job dict holds settings and model weights (a few MB), never data
 
@@ -102,7 +105,7 @@ def connect(cfg: RayConfig) -> float:
         return 0.0
     check_cluster(cfg)
     start = time.perf_counter()
-    runtime_env: dict = {"env_vars": worker_env()}
+    runtime_env: dict = {"env_vars": {**({} if console.verbose() else console.QUIET_WORKER_ENV), **worker_env()}}
     # Ship the library to the workers, unless the cluster already imports it from this checkout
     # (infra/local/with-ray starts its head with PYTHONPATH set and GENMODELS_SHIP_CODE=0).
     if os.environ.get("GENMODELS_SHIP_CODE", "1") != "0":
@@ -249,6 +252,12 @@ def run_job(body: Callable[[dict[str, Any], Session], Any], job: dict[str, Any],
     # Read by the driver and passed on to the Train controller it starts; an explicit environment wins.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(cfg.health_check_interval_s))
     connect(cfg)
+    log = console.route_worker_output(Path(layout.LOGS) / f"{name}.log")
+    import ray
+
+    where = ray.get_runtime_context().gcs_address
+    print(f"{name}: Ray Train job, {cfg.num_workers} worker(s){' with GPUs' if cfg.use_gpu else ''} on the "
+          f"cluster at {where}; Ray's output -> {log}", flush=True)
     ray_data, data_config = ray_datasets(datasets or {}, cfg.num_workers)
     trainer = TorchTrainer(
         functools.partial(_ray_entry, body=body),

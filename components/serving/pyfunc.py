@@ -15,9 +15,13 @@ MLflow is imported here only; the model classes stay free of it.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import shutil
 import tempfile
+import warnings
+from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -96,6 +100,22 @@ def pinned_requirements() -> list[str]:
     return [f"{name}=={version(name).split('+')[0]}" for name in REQUIREMENTS]
 
 
+@contextlib.contextmanager
+def _known_logging_notices_silenced() -> Iterator[None]:
+    """MLflow's two notices for every ``log_model`` of this pyfunc, each a deliberate choice here:
+    the model is a Python object (cloudpickled; its class travels in ``code_paths``), and it has a
+    signature but no input example (an example would be a request the model answers at log time)."""
+    pyfunc_logger = logging.getLogger("mlflow.pyfunc")
+    level = pyfunc_logger.level
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*An input example was not provided")
+        pyfunc_logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            pyfunc_logger.setLevel(level)
+
+
 def log_generator(uri: str, run_id: str, checkpoint: str | Path, class_names: list[str]) -> str:
     """Log the pyfunc into run ``run_id``; returns its ``models:/<model id>`` URI (also tagged on the run).
 
@@ -113,7 +133,7 @@ def log_generator(uri: str, run_id: str, checkpoint: str | Path, class_names: li
         classes = Path(tmp) / "classes.json"
         classes.write_text(json.dumps(list(class_names)))
         mlflow.set_tracking_uri(uri)
-        with mlflow.start_run(run_id=run_id):
+        with mlflow.start_run(run_id=run_id), _known_logging_notices_silenced():
             info = mlflow.pyfunc.log_model(
                 name=ARTIFACT_PATH, python_model=GeneratorPyfunc(), code_paths=[str(code)],
                 artifacts={"checkpoint": str(checkpoint), "classes": str(classes)},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from tqdm.auto import tqdm
 
 from components.models.base import TrainableModel
@@ -12,7 +14,11 @@ class ProgressBar(Callback):
     """One tqdm bar over all epochs' steps, refreshed at logging intervals."""
 
     def __init__(self, total_steps: int, desc: str, disable: bool = False):
-        self.bar = tqdm(total=total_steps, desc=desc, unit="step", disable=disable, dynamic_ncols=True)
+        # On a terminal tqdm redraws in place; into a file or pipe (a Ray worker's stderr, streamed to
+        # the driver line by line) every redraw becomes a line: one every 10 s there.
+        interactive = sys.stderr.isatty()
+        self.bar = tqdm(total=total_steps, desc=desc, unit="step", disable=disable, dynamic_ncols=True,
+                        mininterval=0.1 if interactive else 10.0)
         self.last = 0
 
     def on_train_start(self, model: TrainableModel, start_epoch: int) -> None:
