@@ -14,6 +14,7 @@ import torch
 from components.config import GANConfig, LoadingConfig, VAEConfig
 from components.data.loader import TensorLoader
 from components.distributed.datasets import ArraySource
+from components.distributed.jobs import Tracking, TrainJob
 from components.distributed.session import LocalSession
 from components.distributed.train_jobs import train_job
 from components.models import build_model
@@ -92,10 +93,10 @@ def test_nan_guard_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(t
     assert all(torch.isfinite(p).all() for net in restored.networks().values() for p in net.parameters())
 
 
-def job(epochs: int) -> dict:
+def job(epochs: int, tracking: Tracking | None = None) -> TrainJob:
     config = VAEConfig(epochs=epochs, batch_size=64, hidden_dim=8, latent_dim=4, log_every=1)
-    return {"name": "vae", "config": config.model_dump(mode="json"), "spec": SPEC.to_dict(), "rows": 192,
-            "loading": {**LoadingConfig().model_dump(), "mode": "memory"}, "progress": False}
+    return TrainJob(name="vae", config=config, data=SPEC, rows=192, loading=LoadingConfig(mode="memory"),
+                    tracking=tracking, grid_seed=0, progress=False)
 
 
 def session(folder) -> LocalSession:
@@ -141,7 +142,7 @@ def test_what_was_logged_before_a_checkpoint_is_stored_before_it_is_reported(tmp
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_id = tracking.start_run(uri, "e", "vae", {"stage": "train@vae"}, {"p": 1})
     on_store = StoreAtCheckpoints(tmp_path / "ckpt", uri, run_id)
-    train_job({**job(epochs=3), "tracking": {"uri": uri, "run_id": run_id, "system_metrics": False}}, on_store)
+    train_job(job(epochs=3, tracking=Tracking(uri, run_id, system_metrics=False)), on_store)
     assert on_store.stored_at_checkpoint == [(1, [1]), (2, [1, 2]), (3, [1, 2, 3])]
 
 

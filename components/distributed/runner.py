@@ -7,6 +7,7 @@ Connection: ``RAY_ADDRESS`` (or ``ray.address``) names a cluster to join, with t
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -17,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -37,7 +38,9 @@ FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_
 # environment says otherwise.
 WORKER_ENV_DEFAULTS = MALLOC_SETTINGS
 
-MAX_JOB_BYTES = 64 << 20  # a job dict holds settings and model weights (a few MB), never data
+MAX_JOB_BYTES = 64 << 20  # a job spec holds settings and model weights (a few MB), never data
+#: a job spec (``jobs.py``): what one worker body takes
+Job = TypeVar("Job")
 
 
 class ClusterUnreachable(ConnectionError):
@@ -171,25 +174,29 @@ def check_storage(storage: str) -> None:
         ) from None
 
 
-def _ray_entry(job: dict[str, Any], *, body: Callable[[dict[str, Any], Session], Any]) -> None:
+def _ray_entry(config: dict[str, Any], *, body: Callable[[Any, Session], object]) -> None:
+    """A Ray Train worker's loop function: ``train_loop_config`` is ``{"job": spec}``."""
     from components.distributed.session import RaySession
 
-    body(job, RaySession())
+    body(config["job"], RaySession())
 
 
-def check_small(job: dict[str, Any], limit: int = MAX_JOB_BYTES) -> None:
-    """Refuse a job dict that carries data: arrays and tensors go through ``datasets``, not
+def check_small(job: object, limit: int = MAX_JOB_BYTES) -> None:
+    """Refuse a job spec that carries data: arrays and tensors go through ``datasets``, not
     ``train_loop_config`` (Ray pickles it into every worker's task).
 
     Raises:
-        TypeError: naming the key that holds an array, or saying how big the job is.
+        TypeError: naming the field or key that holds an array, or saying how big the job is.
     """
     import pickle
 
     def walk(value: Any, path: str) -> None:
         if isinstance(value, np.ndarray) or torch.is_tensor(value):
             raise TypeError(f"job[{path}] is an array: pass data to run_job's datasets, not in the job")
-        if isinstance(value, dict):
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            for field in dataclasses.fields(value):
+                walk(getattr(value, field.name), f"{path}.{field.name}" if path else field.name)
+        elif isinstance(value, dict):
             for key, item in value.items():
                 walk(item, f"{path}.{key}" if path else str(key))
         elif isinstance(value, (list, tuple)):
@@ -199,16 +206,16 @@ def check_small(job: dict[str, Any], limit: int = MAX_JOB_BYTES) -> None:
     walk(job, "")
     size = len(pickle.dumps(job))
     if size > limit:
-        raise TypeError(f"the job dict is {size} bytes pickled (limit {limit}): pass data through datasets")
+        raise TypeError(f"the job is {size} bytes pickled (limit {limit}): pass data through datasets")
 
 
-def run_job(body: Callable[[dict[str, Any], Session], Any], job: dict[str, Any], *, cfg: RayConfig, name: str,
+def run_job(body: Callable[[Job, Session], object], job: Job, *, cfg: RayConfig, name: str,
             plain: bool = False, keep_run: bool = False, datasets: dict[str, Source] | None = None) -> Path:
     """Run ``body(job, session)`` and return a local folder holding its final checkpoint.
 
     Args:
         body: a worker body from ``train_jobs.py`` or ``inference_jobs.py``.
-        job: its small inputs (config, names, model weights; no arrays: ``check_small``).
+        job: its spec from ``jobs.py`` (config, names, model weights; no arrays: ``check_small``).
         datasets: its data, by name; each rank reads its share with ``session.dataset(name)``
             (Ray Datasets split over the workers, or the whole arrays in ``plain``).
         cfg: Ray settings (workers, GPUs, storage, failures).
@@ -245,7 +252,7 @@ def run_job(body: Callable[[dict[str, Any], Session], Any], job: dict[str, Any],
     ray_data, data_config = ray_datasets(datasets or {}, cfg.num_workers)
     trainer = TorchTrainer(
         functools.partial(_ray_entry, body=body),
-        train_loop_config=job,
+        train_loop_config={"job": job},  # Ray wants a dict: the spec travels pickled inside it
         datasets=ray_data,
         dataset_config=data_config,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
