@@ -80,15 +80,23 @@ class HistoryCallback(Callback):
 
 
 class FaultInjection(Callback):
-    """Test-only: raise at a given step once (``GENMODELS_FAULT_AT_STEP`` + ``GENMODELS_FAULT_MARKER``)."""
+    """Test-only: raise once at step ``step`` or after, leaving ``marker`` so it fires only once.
 
-    def __init__(self) -> None:
-        self.step = int(os.environ.get(FAULT_STEP_ENV, "0"))
-        self.marker = os.environ.get(FAULT_MARKER_ENV)
+    Installed only when ``GENMODELS_FAULT_AT_STEP`` and ``GENMODELS_FAULT_MARKER`` are set (``from_env``).
+    """
+
+    def __init__(self, step: int, marker: Path):
+        self.step, self.marker = step, marker
+
+    @classmethod
+    def from_env(cls) -> FaultInjection | None:
+        """The fault the environment asks for, or None (the normal case)."""
+        step, marker = int(os.environ.get(FAULT_STEP_ENV) or 0), os.environ.get(FAULT_MARKER_ENV)
+        return cls(step, Path(marker)) if step and marker else None
 
     def on_log(self, model: TrainableModel, step: int, losses: dict[str, float]) -> None:
-        if self.step and self.marker and step >= self.step and not Path(self.marker).exists():
-            Path(self.marker).write_text(str(step))
+        if step >= self.step and not self.marker.exists():
+            self.marker.write_text(str(step))
             raise RuntimeError(f"injected fault at step {step}")
 
 
@@ -118,7 +126,9 @@ def _train(job: TrainJob, session: Session) -> tuple[TrainableModel, list[EpochS
     configure_runtime(model, cfg.precision, cfg.channels_last, cfg.compile)
     model.wrap_networks(session.prepare)
     loader = _loader(job, session, model.spec, cfg.batch_size, cfg.seed)
-    callbacks: list[Callback] = [HistoryCallback(history, session.world_size), FaultInjection()]
+    callbacks: list[Callback] = [HistoryCallback(history, session.world_size)]
+    if (fault := FaultInjection.from_env()) is not None:
+        callbacks.append(fault)
     logger = monitor = None
     if session.rank == 0 and job.tracking is not None:
         from components.tracking import MlflowCallback, start_tracking
