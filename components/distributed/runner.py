@@ -210,8 +210,11 @@ def check_small(job: object, limit: int = MAX_JOB_BYTES) -> None:
 
 
 def run_job(body: Callable[[Job, Session], object], job: Job, *, cfg: RayConfig, name: str,
-            plain: bool = False, keep_run: bool = False, datasets: dict[str, Source] | None = None) -> Path:
+            plain: bool = False, datasets: dict[str, Source] | None = None) -> Path:
     """Run ``body(job, session)`` and return a local folder holding its final checkpoint.
+
+    The run's checkpoints are deleted from storage after success, so a later run with the same
+    name starts from scratch instead of resuming a finished run.
 
     Args:
         body: a worker body from ``train_jobs.py`` or ``inference_jobs.py``.
@@ -221,8 +224,6 @@ def run_job(body: Callable[[Job, Session], object], job: Job, *, cfg: RayConfig,
         cfg: Ray settings (workers, GPUs, storage, failures).
         name: the run name; re-running an interrupted job with the same name resumes it.
         plain: run in this process without Ray (debugging; same code path otherwise).
-        keep_run: keep the run's checkpoints in storage after success (default: delete them, so
-            a later run with the same name starts from scratch instead of resuming a finished run).
 
     Returns:
         A temporary folder (caller removes it) with the last reported checkpoint's files.
@@ -238,8 +239,7 @@ def run_job(body: Callable[[Job, Session], object], job: Job, *, cfg: RayConfig,
         body(job, session)
         with session.latest_checkpoint() as folder:
             shutil.copytree(folder, out, dirs_exist_ok=True)
-        if not keep_run:
-            shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
         return out
 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -279,8 +279,7 @@ def run_job(body: Callable[[Job, Session], object], job: Job, *, cfg: RayConfig,
     if result.checkpoint is None:
         raise RuntimeError(f"Ray job {name} finished without a checkpoint")
     result.checkpoint.to_directory(str(out))
-    if not keep_run:
-        delete_run(storage, name)
+    delete_run(storage, name)
     return out
 
 
