@@ -61,7 +61,6 @@ class LocalSession:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.root = Path(checkpoint_root) if checkpoint_root else Path(tempfile.mkdtemp(prefix="local-session-"))
         self.root.mkdir(parents=True, exist_ok=True)
-        self.reports: list[dict[str, Any]] = []
 
     def _checkpoints(self) -> list[Path]:
         return sorted((p for p in self.root.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
@@ -72,7 +71,7 @@ class LocalSession:
         yield found[-1] if found else None
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
-        self.reports.append(dict(metrics))
+        del metrics  # one process: nothing collects them (the callbacks log what is kept)
         if checkpoint_dir is not None:
             number = len(self._checkpoints())
             shutil.copytree(checkpoint_dir, self.root / f"{number:06d}")
