@@ -16,7 +16,7 @@ from components.data.loader import TensorLoader
 from components.distributed.datasets import ArraySource
 from components.distributed.jobs import Tracking, TrainJob
 from components.distributed.session import LocalSession
-from components.distributed.train_jobs import train_job
+from components.distributed.train_jobs import FAULT_MARKER_ENV, FAULT_STEP_ENV, FaultInjection, train_job
 from components.models import build_model
 from components.models.base import DataSpec
 from components.training.checkpoint import (
@@ -115,6 +115,20 @@ def test_plain_train_job_resumes_to_the_uninterrupted_weights(tmp_path):
         want, got = model_from_checkpoint(load_checkpoint(a)), model_from_checkpoint(load_checkpoint(b))
     assert got.step == want.step == 9
     assert parameter_digest(got) == parameter_digest(want)
+
+
+def test_fault_injection_exists_only_when_its_variables_are_set(tmp_path, monkeypatch):
+    monkeypatch.delenv(FAULT_STEP_ENV, raising=False)
+    monkeypatch.setenv(FAULT_MARKER_ENV, str(tmp_path / "fired"))
+    assert FaultInjection.from_env() is None
+    monkeypatch.setenv(FAULT_STEP_ENV, "3")
+    fault = FaultInjection.from_env()
+    assert fault is not None
+    fault.on_log(None, 2, {})
+    with pytest.raises(RuntimeError, match="injected fault at step 3"):
+        fault.on_log(None, 3, {})
+    fault.on_log(None, 4, {})  # fired once: the marker stays
+    assert (tmp_path / "fired").read_text() == "3"
 
 
 class StoreAtCheckpoints(LocalSession):
