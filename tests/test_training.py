@@ -131,6 +131,22 @@ def test_fault_injection_exists_only_when_its_variables_are_set(tmp_path, monkey
     assert (tmp_path / "fired").read_text() == "3"
 
 
+def test_plain_run_job_returns_the_sent_results_not_the_last_checkpoint(tmp_path):
+    from components.config import RayConfig
+    from components.distributed.runner import run_job
+
+    def body(job: str, session: LocalSession) -> None:
+        for name in ("checkpoint", job):
+            (tmp_path / name).mkdir()
+            (tmp_path / name / f"{name}.txt").write_text(name)
+        session.report({"epoch": 1}, tmp_path / "checkpoint")
+        session.send_results(tmp_path / job)
+
+    out = run_job(body, "results", cfg=RayConfig(storage_path=str(tmp_path / "runs")), name="r", plain=True)
+    assert sorted(p.name for p in out.iterdir()) == ["results.txt"]
+    assert not (tmp_path / "runs" / "r").exists()  # the finished run is deleted
+
+
 class StoreAtCheckpoints(LocalSession):
     """Records, at every reported checkpoint, the epochs the MLflow store already holds."""
 

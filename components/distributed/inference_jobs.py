@@ -85,7 +85,7 @@ def sample_job(job: SampleJob, session: Session) -> None:
                 gen = torch.Generator(device=session.device).manual_seed(chunk_seed(job.seed + set_index, j))
                 images = model.sample(stop - start, labels=labels if model.is_conditional else None, generator=gen)
                 _save_array_chunk(out, f"{j:06d}", images=images.cpu().numpy(), labels=labels.cpu().numpy())
-        session.report({"sets": len(job.sets)}, Path(folder))
+        session.send_results(Path(folder))
 
 
 def features_job(job: FeaturesJob, session: Session) -> None:
@@ -96,7 +96,7 @@ def features_job(job: FeaturesJob, session: Session) -> None:
     model = _model_from_bytes(job.checkpoint, session.device)
     with tempfile.TemporaryDirectory() as folder:
         embed_sets(model, job.image_sets, job.batch_size, session, Path(folder))
-        session.report({"sets": len(job.image_sets)}, Path(folder))
+        session.send_results(Path(folder))
 
 
 def embed_sets(model: TrainableModel, image_sets: tuple[str, ...], batch_size: int, session: Session,

@@ -211,7 +211,8 @@ def check_small(job: object, limit: int = MAX_JOB_BYTES) -> None:
 
 def run_job(body: Callable[[Job, Session], object], job: Job, *, cfg: RayConfig, name: str,
             plain: bool = False, datasets: dict[str, Source] | None = None) -> Path:
-    """Run ``body(job, session)`` and return a local folder holding its final checkpoint.
+    """Run ``body(job, session)`` and return a local folder holding its results: what it sent with
+    ``session.send_results`` (inference, the classifier), else its last checkpoint (training).
 
     The run's checkpoints are deleted from storage after success, so a later run with the same
     name starts from scratch instead of resuming a finished run.
@@ -226,7 +227,7 @@ def run_job(body: Callable[[Job, Session], object], job: Job, *, cfg: RayConfig,
         plain: run in this process without Ray (debugging; same code path otherwise).
 
     Returns:
-        A temporary folder (caller removes it) with the last reported checkpoint's files.
+        A temporary folder (caller removes it) with the results' files.
     """
     check_small(job)
     storage = storage_root(cfg.storage_path)
@@ -237,8 +238,11 @@ def run_job(body: Callable[[Job, Session], object], job: Job, *, cfg: RayConfig,
         root = Path(storage) / name if "://" not in storage else Path(tempfile.mkdtemp(prefix=name))
         session = LocalSession(root, datasets=datasets)
         body(job, session)
-        with session.latest_checkpoint() as folder:
-            shutil.copytree(folder, out, dirs_exist_ok=True)
+        if session.results.exists():
+            shutil.copytree(session.results, out, dirs_exist_ok=True)
+        else:
+            with session.latest_checkpoint() as folder:
+                shutil.copytree(folder, out, dirs_exist_ok=True)
         shutil.rmtree(root, ignore_errors=True)
         return out
 
@@ -276,8 +280,8 @@ def run_job(body: Callable[[Job, Session], object], job: Job, *, cfg: RayConfig,
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise JobFailed(f"Ray job {name} failed; nodes lost during it: {', '.join(lost) or 'none'}; "
                         f"{type(exc).__name__}: {reason}") from exc
-    if result.checkpoint is None:
-        raise RuntimeError(f"Ray job {name} finished without a checkpoint")
+    if result.checkpoint is None:  # under Ray, send_results' files travel as the last checkpoint too
+        raise RuntimeError(f"Ray job {name} finished without results or a checkpoint")
     result.checkpoint.to_directory(str(out))
     delete_run(storage, name)
     return out

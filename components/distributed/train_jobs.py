@@ -177,7 +177,7 @@ def _loader(job: TrainJob, session: Session, spec: DataSpec, batch_size: int,
 def classifier_job(job: ClassifierJob, session: Session) -> None:
     """Train the classifier, then embed the sources named in ``job.image_sets``: one Ray job, one start-up.
 
-    The final checkpoint holds ``checkpoint.pt`` and one folder of feature chunks per set, as
+    The results hold ``checkpoint.pt`` and one folder of feature chunks per set, as
     ``train_job`` and ``features_job`` would have written them. Every rank embeds with rank 0's
     state, the one saved: under DDP each rank's BatchNorm running statistics come from its own shard.
     """
@@ -189,7 +189,7 @@ def classifier_job(job: ClassifierJob, session: Session) -> None:
             save_checkpoint(Path(folder) / CHECKPOINT_FILE,
                             checkpoint_payload(model, name=job.train.name, epoch=job.train.config.epochs))
         embed_sets(model, job.image_sets, job.batch_size, session, Path(folder))
-        session.report({"sets": len(job.image_sets)}, Path(folder))
+        session.send_results(Path(folder))
 
 
 def worker_records(folder: str | Path) -> list[dict[str, Any]]:
