@@ -172,18 +172,21 @@ def stage_speed(cfg: Any, spec: DataSpec, images: np.ndarray, labels: np.ndarray
     from components.config import LoadingConfig, MlflowConfig, RayConfig
     from components.data.shards import write_split
     from components.distributed.datasets import PreparedSource
+    from components.distributed.jobs import Tracking, TrainJob
     from components.distributed.runner import run_job
     from components.distributed.train_jobs import HISTORY_FILE, train_job
 
     shards = folder / f"data-{time.time_ns()}"
     files = tuple(str(shards / r["file"]) for r in write_split(shards, "train", images, labels, shard_mb=16))
-    job = {"name": cfg.family, "config": cfg.model_dump(mode="json"), "spec": spec.to_dict(), "rows": len(images),
-           "loading": {**LoadingConfig().model_dump(), "mode": loading}, "grid_seed": 0}
+    where = None
     if track:
         uri = f"sqlite:///{folder / 'mlflow.db'}"
         run_id = tracking.start_run(uri, "benchmarks", cfg.family, {"benchmark": "train_speed"},
                                     {"batch_size": cfg.batch_size, "threads": threads})
-        job["tracking"] = {"uri": uri, "run_id": run_id, "system_metrics": MlflowConfig().log_system_metrics}
+        where = Tracking(uri, run_id, MlflowConfig().log_system_metrics)
+    # no PipelineConfig here, so not TrainJob.from_config: the same fields, set as the train stage sets them
+    job = TrainJob(name=cfg.family, config=cfg, data=spec, rows=len(images), loading=LoadingConfig(mode=loading),
+                   tracking=where, grid_seed=0, progress=True)
     ray_cfg = RayConfig(num_workers=1, use_gpu=device.type == "cuda", resources_per_worker={"CPU": threads},
                         storage_path=str(folder / "ray_results"), max_failures=0)
     start = time.perf_counter()

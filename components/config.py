@@ -30,7 +30,6 @@ from components import layout
 from components.models import FAMILIES as _REGISTRY
 
 FAMILIES: tuple[str, ...] = tuple(_REGISTRY)  # the registry's generative families, in its order
-Family = Literal[FAMILIES]  # type: ignore[valid-type]
 PROFILE_DIR = "profiles"
 #: the sections every profile overlay holds (``{}`` where it changes nothing): DVC tracks each as a
 #: parameter of the stages that read it, so an overlay edit re-runs only those stages

@@ -319,18 +319,20 @@ class MlflowCallback:
         del model
 
 
-def start_tracking(tracking: dict[str, Any]) -> tuple[RunLogger, Any]:
+def start_tracking(uri: str, run_id: str, system_metrics: bool) -> tuple[RunLogger, Any]:
     """Rank 0 of a training job: the batched run logger and (optionally) MLflow's system-metrics monitor.
 
     Args:
-        tracking: the job's ``{"uri", "run_id", "system_metrics"}``.
+        uri: the tracking URI.
+        run_id: the run the stage created (or re-attached to).
+        system_metrics: also start MLflow's system-metrics monitor on the run.
     """
-    logger = RunLogger(tracking["uri"], tracking["run_id"])
+    logger = RunLogger(uri, run_id)
     monitor = None
-    if tracking.get("system_metrics"):
-        os.environ["MLFLOW_TRACKING_URI"] = tracking["uri"]
+    if system_metrics:
+        os.environ["MLFLOW_TRACKING_URI"] = uri
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        monitor = SystemMetricsMonitor(tracking["run_id"], resume_logging=True)
+        monitor = SystemMetricsMonitor(run_id, resume_logging=True)
         monitor.start()
     return logger, monitor

@@ -14,9 +14,10 @@ import numpy as np
 
 from components import layout, tracking
 from components.config import flatten
-from components.data.dataset import DataError, data_checksum, load_meta, load_split, spec_from_meta
-from components.distributed.datasets import ArraySource, loading_job, prepared
+from components.data.dataset import DataError, data_checksum, load_meta, load_split, spec_from_meta, split_rows
+from components.distributed.datasets import ArraySource, prepared
 from components.distributed.inference_jobs import merge_chunks, set_source
+from components.distributed.jobs import ClassifierJob
 from components.distributed.runner import run_job, run_name
 from components.distributed.train_jobs import classifier_job
 from components.io import atomic_dir, write_json
@@ -56,12 +57,10 @@ def main() -> None:
         train_idx = np.sort(rng.choice(len(train.images), size=min(test_n, len(train.images)), replace=False))
         sets = {"test": test.images[:test_n], "train": train.images[train_idx]}
 
-        workers = 1 if args.plain else cfg.ray.num_workers
+        workers, rows = 1 if args.plain else cfg.ray.num_workers, split_rows(meta, "train")
+        job = ClassifierJob.from_config(cfg, spec, rows, workers=workers, uri=uri, run_id=run_id, image_sets=tuple(sets))
         key = {"name": "classifier", "config": ccfg.model_dump(mode="json"), "data": checksum, "n": test_n,
-               "loading": loading_job(cfg.data.loading, meta, workers)}
-        job = {**key, "spec": spec.to_dict(), "rows": len(train.images),
-               "tracking": {"uri": uri, "run_id": run_id, "system_metrics": False},
-               "image_sets": sorted(sets), "batch_size": cfg.evaluate.batch_size}
+               "loading": job.train.loading.model_dump(mode="json")}
         datasets = {"train": prepared(args.data, "train"), **{set_source(k): ArraySource(v) for k, v in sets.items()}}
         result = run_job(classifier_job, job, cfg=cfg.ray, name=run_name("classifier", key), plain=args.plain,
                          datasets=datasets)

@@ -20,6 +20,7 @@ from components import layout, tracking
 from components.data.dataset import DataError, Split, load_split
 from components.distributed.datasets import ArraySource
 from components.distributed.inference_jobs import features_job, merge_chunks, set_source
+from components.distributed.jobs import FeaturesJob
 from components.distributed.runner import ClusterUnreachable, StorageError, run_job, run_name
 from components.io import write_json
 from components.metrics.conditional import conditional_accuracy
@@ -53,12 +54,11 @@ def main() -> None:
     uri = tracking.resolve_tracking_uri(cfg.mlflow)
     tracking.check_reachable(uri)
 
-    classifier_blob = (classifier_dir / CHECKPOINT_FILE).read_bytes()
     reference = np.load(classifier_dir / layout.REFERENCE_FILE)
     generated = np.load(samples_dir / "samples.npz")
     images, labels = generated["images"][: ecfg.num_samples], generated["labels"][: ecfg.num_samples]
     sets = {"samples": images, "ceiling": np.load(samples_dir / "ceiling.npz")["images"]}
-    job = {"checkpoint": classifier_blob, "image_sets": sorted(sets), "batch_size": ecfg.batch_size}
+    job = FeaturesJob.from_config(cfg, classifier_dir, tuple(sets))
     key = {"name": name, "samples": hashlib.sha256(images.tobytes()).hexdigest(),
            "ceiling": hashlib.sha256(sets["ceiling"].tobytes()).hexdigest()}
     result = run_job(features_job, job, cfg=cfg.ray, plain=args.plain, name=run_name(f"features-{name}", key),

@@ -9,21 +9,18 @@ Same seed => same samples, whatever the number of workers.
 from __future__ import annotations
 
 import hashlib
-import io
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from components import layout, tracking
 from components.distributed.inference_jobs import merge_chunks, sample_job
+from components.distributed.jobs import SampleJob
 from components.distributed.runner import ClusterUnreachable, StorageError, run_job, run_name
 from components.io import atomic_dir
-from components.models import build_model
 from components.report.grid import make_grid
-from components.training.checkpoint import CHECKPOINT_FILE, checkpoint_payload, load_checkpoint
 from pipelines.common import MODEL, StageParser, load_or_exit, parser, run_main
 
 
@@ -44,16 +41,13 @@ def main() -> None:
     uri = tracking.resolve_tracking_uri(cfg.mlflow)
     tracking.check_reachable(uri)
 
-    trained = (model_dir / CHECKPOINT_FILE).read_bytes()
-    sets = {"samples": {"checkpoint": trained, "num_samples": scfg.num_samples},
-            "ceiling": {"checkpoint": _untrained(model_dir / CHECKPOINT_FILE), "num_samples": scfg.ceiling_samples}}
-    job = {"name": name, "sets": sets, "batch_size": scfg.batch_size, "seed": scfg.seed}
-    key = {"trained": hashlib.sha256(trained).hexdigest(), **scfg.model_dump()}
+    job = SampleJob.from_config(cfg, name, model_dir)
+    key = {"trained": hashlib.sha256(job.sets["samples"].checkpoint).hexdigest(), **scfg.model_dump()}
     start = time.perf_counter()
     result = run_job(sample_job, job, cfg=cfg.ray, plain=args.plain, name=run_name(f"sample-{name}", key))
     seconds = time.perf_counter() - start
     try:
-        arrays = {set_name: merge_chunks(result / set_name) for set_name in sets}
+        arrays = {set_name: merge_chunks(result / set_name) for set_name in job.sets}
     finally:
         shutil.rmtree(result, ignore_errors=True)
     images = arrays["samples"]["images"]
@@ -70,18 +64,6 @@ def main() -> None:
         mlflow_run.log_metrics({"sample/seconds": seconds, "sample/images_per_s": total / seconds})
         mlflow_run.set_tags({"sample_seed": scfg.seed})
     print(f"sample {name}: {total} images in {seconds:.1f} s ({total / seconds:.0f} img/s) -> {out}")
-
-
-def _untrained(checkpoint_path: Path) -> bytes:
-    """A checkpoint of the same architecture and seed at initialisation (the ceiling model)."""
-    from components.config import model_config_from_dict
-    from components.models.base import DataSpec
-
-    payload = load_checkpoint(checkpoint_path)
-    model = build_model(model_config_from_dict(payload["config"]), DataSpec(**payload["data_spec"]))
-    buffer = io.BytesIO()
-    torch.save(checkpoint_payload(model, name=payload["name"] + "-untrained", epoch=0), buffer)
-    return buffer.getvalue()
 
 
 if __name__ == "__main__":

@@ -11,9 +11,10 @@ import shutil
 from pathlib import Path
 
 from components import layout, tracking
-from components.data.dataset import DataError, data_checksum, load_meta, spec_from_meta
+from components.data.dataset import DataError, data_checksum, load_meta, spec_from_meta, split_rows
 from components.distributed import runner
-from components.distributed.datasets import loading_job, prepared
+from components.distributed.datasets import prepared
+from components.distributed.jobs import TrainJob, resolved_loading
 from components.distributed.runner import StorageError, check_storage, run_job, run_name, storage_root
 from components.distributed.train_jobs import HISTORY_FILE, train_job, worker_records
 from components.io import atomic_dir, atomic_path, write_json
@@ -48,14 +49,13 @@ def main() -> None:
     tracking.check_reachable(uri)  # before any work: no hour of training lost to a logging failure
     check_storage(storage_root(cfg.ray.storage_path))  # and none to unusable checkpoint storage
 
-    workers = 1 if args.plain else cfg.ray.num_workers
+    workers, rows = 1 if args.plain else cfg.ray.num_workers, split_rows(meta, "train")
+    loading = resolved_loading(cfg.data.loading, spec, rows, workers)
     job_key = {"name": name, "config": mcfg.model_dump(mode="json"), "data": data_checksum(args.data),
-               "workers": cfg.ray.num_workers, "loading": loading_job(cfg.data.loading, meta, workers)}
-    ray_name = run_name(f"train-{name}", job_key)
+               "workers": cfg.ray.num_workers, "loading": loading.model_dump(mode="json")}
+    ray_name = run_name(f"train-{name}", job_key)  # the run's identity: a config change starts afresh
     run_id = _run_id(cfg, name, mcfg, meta, uri, args.data, ray_name)
-    job = {**job_key, "spec": spec.to_dict(), "rows": sum(r["rows"] for r in meta["shards"]["train"]),
-           "tracking": {"uri": uri, "run_id": run_id, "system_metrics": cfg.mlflow.log_system_metrics},
-           "grid_seed": cfg.sample.seed}
+    job = TrainJob.from_config(cfg, name, spec, rows, workers=workers, uri=uri, run_id=run_id)
     with tracking.StageRun(uri, run_id):  # the model's run: FINISHED once its folder is written, else FAILED
         result = run_job(train_job, job, cfg=cfg.ray, name=ray_name, plain=args.plain,
                          datasets={"train": train})

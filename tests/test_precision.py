@@ -12,6 +12,7 @@ import torch
 from components.config import LoadingConfig, VAEConfig
 from components.data.loader import TensorLoader
 from components.distributed.datasets import ArraySource
+from components.distributed.jobs import Tracking, TrainJob
 from components.distributed.session import LocalSession
 from components.distributed.train_jobs import train_job
 from components.models import FAMILIES
@@ -58,10 +59,10 @@ def data(n: int = 192, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return rng.integers(0, 256, size=(n, 1, 28, 28), dtype=np.uint8), rng.integers(0, 10, size=n)
 
 
-def job(**fields) -> dict:
+def job(tracking: Tracking | None = None, **fields) -> TrainJob:
     config = VAEConfig(epochs=2, batch_size=64, hidden_dim=8, latent_dim=4, log_every=1, **fields)
-    return {"name": "vae", "config": config.model_dump(mode="json"), "spec": SPEC.to_dict(), "rows": 192,
-            "loading": {**LoadingConfig().model_dump(), "mode": "memory"}, "progress": False}
+    return TrainJob(name="vae", config=config, data=SPEC, rows=192, loading=LoadingConfig(mode="memory"),
+                    tracking=tracking, grid_seed=0, progress=False)
 
 
 def session(folder) -> LocalSession:
@@ -74,7 +75,7 @@ def test_explicit_bf16_on_a_cpu_without_it_fails_before_training(monkeypatch, tm
     local = session(tmp_path)
     with pytest.raises(PrecisionError, match="neither AVX512-BF16 nor AMX-BF16"):
         train_job(job(precision="bf16"), local)
-    assert local.reports == [] and not any(tmp_path.iterdir())  # not one step, not one checkpoint
+    assert not any(tmp_path.iterdir())  # not one step, not one checkpoint
 
 
 @pytest.mark.parametrize(("native", "want"), [("1", "bf16"), ("0", "fp32")])
@@ -86,7 +87,7 @@ def test_the_precision_that_ran_is_recorded(monkeypatch, tmp_path, native, want)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_id = tracking.start_run(uri, "e", "vae", {"stage": "train@vae"}, {"config.precision": "auto"})
     local = session(tmp_path / "ckpt")
-    train_job({**job(), "tracking": {"uri": uri, "run_id": run_id, "system_metrics": False}}, local)
+    train_job(job(tracking=Tracking(uri, run_id, system_metrics=False)), local)
     with local.latest_checkpoint() as folder:
         payload = load_checkpoint(folder)
         worker = json.loads((folder / "worker-000.json").read_text())

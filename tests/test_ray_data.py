@@ -1,4 +1,4 @@
-"""Data reaches the workers through Ray Data (``TorchTrainer(datasets=...)``), never in the job dict."""
+"""Data reaches the workers through Ray Data (``TorchTrainer(datasets=...)``), never in the job spec."""
 
 from __future__ import annotations
 
@@ -16,15 +16,17 @@ from components.config import LoadingConfig
 from components.data.dataset import DataError, load_split
 from components.distributed.datasets import ArraySource, LocalData, blocks_dataset, prepared, put_block
 from components.distributed.inference_jobs import merge_chunks
+from components.distributed.jobs import FeaturesJob, SampleJob, SampleSet
 from components.distributed.runner import check_small
 
 
-def test_job_dict_with_an_array_is_refused() -> None:
-    check_small({"config": {"lr": 1e-3}, "checkpoint": b"weights", "image_sets": ["samples"]})
-    with pytest.raises(TypeError, match=r"job\[sets.samples\] is an array"):
-        check_small({"sets": {"samples": np.zeros((2, 1, 28, 28), np.uint8)}})
+def test_job_with_an_array_is_refused() -> None:
+    check_small(FeaturesJob(checkpoint=b"weights", image_sets=("samples",), batch_size=10))
+    images = np.zeros((2, 1, 28, 28), np.uint8)
+    with pytest.raises(TypeError, match=r"job\[sets.samples.checkpoint\] is an array"):
+        check_small(SampleJob(name="gan", sets={"samples": SampleSet(images, 2)}, batch_size=1, seed=0))  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="bytes pickled"):
-        check_small({"blob": b"x" * 2000}, limit=1000)
+        check_small(FeaturesJob(checkpoint=b"x" * 2000, image_sets=(), batch_size=1), limit=1000)
 
 
 def test_auto_loading_keeps_a_share_in_memory_up_to_the_bound() -> None:

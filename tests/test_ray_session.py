@@ -54,3 +54,16 @@ def test_a_local_checkpoint_is_read_in_place(tmp_path: Path) -> None:
     with session.latest_checkpoint() as folder:
         assert folder == tmp_path
     assert (tmp_path / "checkpoint.pt").read_bytes() == b"weights"  # read in place, not deleted on exit
+
+
+def test_results_travel_as_the_runs_last_checkpoint(tmp_path: Path) -> None:
+    """``send_results`` is the one way every worker's files reach the driver: Ray Train's checkpoint."""
+    import ray.train as ray_train
+
+    reported = []
+    session = object.__new__(RaySession)
+    session._train = types.SimpleNamespace(Checkpoint=ray_train.Checkpoint,
+                                           report=lambda metrics, checkpoint: reported.append((metrics, checkpoint)))
+    session.send_results(tmp_path)
+    ((metrics, checkpoint),) = reported
+    assert metrics == {} and checkpoint.path == str(tmp_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -16,8 +17,9 @@ import torch
 from components.config import GANConfig, LoadingConfig, VAEConfig
 from components.data.loader import TensorLoader
 from components.distributed.datasets import ArraySource
+from components.distributed.jobs import Tracking, TrainJob
 from components.distributed.session import LocalSession
-from components.distributed.train_jobs import FAULT_MARKER_ENV, FAULT_STEP_ENV, train_job
+from components.distributed.train_jobs import FAULT_MARKER_ENV, FAULT_STEP_ENV, FaultInjection, train_job
 from components.models import build_model
 from components.models.base import DataSpec
 from components.models.vae import VAE
@@ -103,10 +105,10 @@ def test_nan_guard_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(t
     assert all(torch.isfinite(p).all() for net in restored.networks().values() for p in net.parameters())
 
 
-def job(epochs: int) -> dict:
+def job(epochs: int, tracking: Tracking | None = None) -> TrainJob:
     config = VAEConfig(epochs=epochs, batch_size=64, hidden_dim=8, latent_dim=4, log_every=1)
-    return {"name": "vae", "config": config.model_dump(mode="json"), "spec": SPEC.to_dict(), "rows": 192,
-            "loading": {**LoadingConfig().model_dump(), "mode": "memory"}, "progress": False}
+    return TrainJob(name="vae", config=config, data=SPEC, rows=192, loading=LoadingConfig(mode="memory"),
+                    tracking=tracking, grid_seed=0, progress=False)
 
 
 def session(folder) -> LocalSession:
@@ -125,6 +127,36 @@ def test_plain_train_job_resumes_to_the_uninterrupted_weights(tmp_path):
         want, got = model_from_checkpoint(load_checkpoint(a)), model_from_checkpoint(load_checkpoint(b))
     assert got.step == want.step == 9
     assert parameter_digest(got) == parameter_digest(want)
+
+
+def test_fault_injection_exists_only_when_its_variables_are_set(tmp_path, monkeypatch):
+    monkeypatch.delenv(FAULT_STEP_ENV, raising=False)
+    monkeypatch.setenv(FAULT_MARKER_ENV, str(tmp_path / "fired"))
+    assert FaultInjection.from_env() is None
+    monkeypatch.setenv(FAULT_STEP_ENV, "3")
+    fault = FaultInjection.from_env()
+    assert fault is not None
+    fault.on_log(None, 2, {})
+    with pytest.raises(RuntimeError, match="injected fault at step 3"):
+        fault.on_log(None, 3, {})
+    fault.on_log(None, 4, {})  # fired once: the marker stays
+    assert (tmp_path / "fired").read_text() == "3"
+
+
+def test_plain_run_job_returns_the_sent_results_not_the_last_checkpoint(tmp_path):
+    from components.config import RayConfig
+    from components.distributed.runner import run_job
+
+    def body(job: str, session: LocalSession) -> None:
+        for name in ("checkpoint", job):
+            (tmp_path / name).mkdir()
+            (tmp_path / name / f"{name}.txt").write_text(name)
+        session.report({"epoch": 1}, tmp_path / "checkpoint")
+        session.send_results(tmp_path / job)
+
+    out = run_job(body, "results", cfg=RayConfig(storage_path=str(tmp_path / "runs")), name="r", plain=True)
+    assert sorted(p.name for p in out.iterdir()) == ["results.txt"]
+    assert not (tmp_path / "runs" / "r").exists()  # the finished run is deleted
 
 
 class StoreAtCheckpoints(LocalSession):
@@ -152,7 +184,7 @@ def test_what_was_logged_before_a_checkpoint_is_stored_before_it_is_reported(tmp
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_id = tracking.start_run(uri, "e", "vae", {"stage": "train@vae"}, {"p": 1})
     on_store = StoreAtCheckpoints(tmp_path / "ckpt", uri, run_id)
-    train_job({**job(epochs=3), "tracking": {"uri": uri, "run_id": run_id, "system_metrics": False}}, on_store)
+    train_job(job(epochs=3, tracking=Tracking(uri, run_id, system_metrics=False)), on_store)
     assert on_store.stored_at_checkpoint == [(1, [1]), (2, [1, 2]), (3, [1, 2, 3])]
 
 
@@ -208,10 +240,10 @@ print("ok")
 
 
 # ---------------------------------------------------------------------------- a length in optimiser steps
-def steps_job(steps: int, **fields) -> dict:
+def steps_job(steps: int, **fields) -> TrainJob:
     """``job`` trained by ``steps`` (192 rows at batch 64: 3 steps an epoch)."""
     config = VAEConfig(steps=steps, batch_size=64, hidden_dim=8, latent_dim=4, log_every=1, **fields)
-    return {**job(epochs=1), "config": config.model_dump(mode="json")}
+    return dataclasses.replace(job(epochs=1), config=config)
 
 
 def test_fit_stops_at_max_steps_mid_epoch():

@@ -60,6 +60,11 @@ def spec_from_meta(meta: dict) -> DataSpec:
     return DataSpec(channels=c, height=h, width=w, num_classes=len(meta["class_names"]))
 
 
+def split_rows(meta: dict, split: str) -> int:
+    """Images in ``split`` (``train`` or ``test``), from ``meta.json``."""
+    return sum(r["rows"] for r in meta["shards"][split])
+
+
 def data_checksum(data_dir: str | Path) -> str:
     """A short digest of the prepared data (sha256 over the per-file checksums in meta.json)."""
     meta = load_meta(data_dir)

@@ -1,5 +1,5 @@
 """What a job reads, and how each rank gets its share: Ray Datasets (``TorchTrainer(datasets=...)``)
-under Ray, plain arrays in ``--plain``. No data travels in the job dict (``train_loop_config``).
+under Ray, plain arrays in ``--plain``. No data travels in the job spec (``train_loop_config``).
 
 A source is either rows of the prepared data (``PreparedSource``: the fetch stage's Parquet shards)
 or arrays the driver holds (``ArraySource``: image sets to embed). Under Ray, the driver, which
@@ -22,7 +22,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from components.config import LoadingConfig
 from components.data.dataset import DataError, load_meta
 from components.data.shards import ShardError, image_table, table_arrays, verify_split
 
@@ -140,12 +139,6 @@ def prepared(data_dir: str | Path, split: str) -> PreparedSource:
     except ShardError as exc:
         raise DataError(str(exc)) from None
     return PreparedSource(tuple(str(f.resolve()) for f in files))
-
-
-def loading_job(cfg: LoadingConfig, meta: dict, world_size: int, split: str = "train") -> dict[str, Any]:
-    """The job's ``loading`` entry: ``cfg`` with ``mode`` resolved (``auto`` by the size of a rank's share)."""
-    pixel_bytes = sum(r["rows"] for r in meta["shards"][split]) * int(np.prod(meta["shape"]))
-    return {**cfg.model_dump(mode="json"), "mode": cfg.resolve(pixel_bytes, world_size)}
 
 
 def rank_rows(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import io
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
+from components.distributed.jobs import FeaturesJob, SampleJob
 from components.distributed.session import Session
 from components.models.base import GenerativeModel, TrainableModel
 
@@ -62,8 +62,8 @@ def _model_from_bytes(blob: bytes, device: torch.device) -> TrainableModel:
     return model_from_checkpoint(payload, device)
 
 
-def sample_job(job: dict[str, Any], session: Session) -> None:
-    """Generate named image sets (``job["sets"]``: name -> checkpoint bytes and count) in fixed chunks.
+def sample_job(job: SampleJob, session: Session) -> None:
+    """Generate named image sets (``job.sets``: name -> checkpoint bytes and count) in fixed chunks.
 
     Chunk ``j`` of a set goes to worker ``j % world_size`` and draws from ``chunk_seed(seed, j)``,
     so the output does not depend on the worker count. Labels are spread evenly over the
@@ -72,34 +72,34 @@ def sample_job(job: dict[str, Any], session: Session) -> None:
     from tqdm.auto import tqdm
 
     with tempfile.TemporaryDirectory() as folder:
-        for set_index, (set_name, spec) in enumerate(sorted(job["sets"].items())):
-            model = _model_from_bytes(spec["checkpoint"], session.device)
+        for set_index, (set_name, spec) in enumerate(sorted(job.sets.items())):
+            model = _model_from_bytes(spec.checkpoint, session.device)
             assert isinstance(model, GenerativeModel)
             model.eval()
             out = Path(folder) / set_name
             out.mkdir()
-            chunks = chunk_ranges(spec["num_samples"], job["batch_size"])
+            chunks = chunk_ranges(spec.num_samples, job.batch_size)
             mine = [(j, r) for j, r in enumerate(chunks) if j % session.world_size == session.rank]
-            for j, (start, stop) in tqdm(mine, desc=f"sample {job['name']}/{set_name}", disable=session.rank != 0):
+            for j, (start, stop) in tqdm(mine, desc=f"sample {job.name}/{set_name}", disable=session.rank != 0):
                 labels = torch.arange(start, stop, device=session.device) % model.spec.num_classes
-                gen = torch.Generator(device=session.device).manual_seed(chunk_seed(job["seed"] + set_index, j))
+                gen = torch.Generator(device=session.device).manual_seed(chunk_seed(job.seed + set_index, j))
                 images = model.sample(stop - start, labels=labels if model.is_conditional else None, generator=gen)
                 _save_array_chunk(out, f"{j:06d}", images=images.cpu().numpy(), labels=labels.cpu().numpy())
-        session.report({"sets": len(job["sets"])}, Path(folder))
+        session.send_results(Path(folder))
 
 
-def features_job(job: dict[str, Any], session: Session) -> None:
-    """Embed the uint8 image sources named in ``job["image_sets"]`` with the classifier; each rank its share.
+def features_job(job: FeaturesJob, session: Session) -> None:
+    """Embed the uint8 image sources named in ``job.image_sets`` with the classifier; each rank its share.
 
     Also stores the classifier's predicted label per image (for conditional accuracy).
     """
-    model = _model_from_bytes(job["checkpoint"], session.device)
+    model = _model_from_bytes(job.checkpoint, session.device)
     with tempfile.TemporaryDirectory() as folder:
-        embed_sets(model, job["image_sets"], job["batch_size"], session, Path(folder))
-        session.report({"sets": len(job["image_sets"])}, Path(folder))
+        embed_sets(model, job.image_sets, job.batch_size, session, Path(folder))
+        session.send_results(Path(folder))
 
 
-def embed_sets(model: TrainableModel, image_sets: list[str], batch_size: int, session: Session,
+def embed_sets(model: TrainableModel, image_sets: tuple[str, ...], batch_size: int, session: Session,
                folder: Path) -> None:
     """Embed the named uint8 image sources (``session.dataset(name)``) with the classifier ``model``:
     ``folder/<set>/chunk_<rank>_<n>.npz`` holding ``features`` (float64), ``predicted`` (the

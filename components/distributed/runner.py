@@ -7,6 +7,7 @@ Connection: ``RAY_ADDRESS`` (or ``ray.address``) names a cluster to join, with t
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -17,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -40,7 +41,9 @@ FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_
 # where something has wrapped sys.stdout (MLflow's system metrics do), tees it: every line twice.
 WORKER_ENV_DEFAULTS = {**MALLOC_SETTINGS, "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 
-MAX_JOB_BYTES = 64 << 20  # a job dict holds settings and model weights (a few MB), never data
+MAX_JOB_BYTES = 64 << 20  # a job spec holds settings and model weights (a few MB), never data
+#: a job spec (``jobs.py``): what one worker body takes
+Job = TypeVar("Job")
 
 
 class ClusterUnreachable(ConnectionError):
@@ -181,25 +184,29 @@ def check_storage(storage: str) -> None:
         ) from None
 
 
-def _ray_entry(job: dict[str, Any], *, body: Callable[[dict[str, Any], Session], Any]) -> None:
+def _ray_entry(config: dict[str, Any], *, body: Callable[[Any, Session], object]) -> None:
+    """A Ray Train worker's loop function: ``train_loop_config`` is ``{"job": spec}``."""
     from components.distributed.session import RaySession
 
-    body(job, RaySession())
+    body(config["job"], RaySession())
 
 
-def check_small(job: dict[str, Any], limit: int = MAX_JOB_BYTES) -> None:
-    """Refuse a job dict that carries data: arrays and tensors go through ``datasets``, not
+def check_small(job: object, limit: int = MAX_JOB_BYTES) -> None:
+    """Refuse a job spec that carries data: arrays and tensors go through ``datasets``, not
     ``train_loop_config`` (Ray pickles it into every worker's task).
 
     Raises:
-        TypeError: naming the key that holds an array, or saying how big the job is.
+        TypeError: naming the field or key that holds an array, or saying how big the job is.
     """
     import pickle
 
     def walk(value: Any, path: str) -> None:
         if isinstance(value, np.ndarray) or torch.is_tensor(value):
             raise TypeError(f"job[{path}] is an array: pass data to run_job's datasets, not in the job")
-        if isinstance(value, dict):
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            for field in dataclasses.fields(value):
+                walk(getattr(value, field.name), f"{path}.{field.name}" if path else field.name)
+        elif isinstance(value, dict):
             for key, item in value.items():
                 walk(item, f"{path}.{key}" if path else str(key))
         elif isinstance(value, (list, tuple)):
@@ -209,26 +216,28 @@ def check_small(job: dict[str, Any], limit: int = MAX_JOB_BYTES) -> None:
     walk(job, "")
     size = len(pickle.dumps(job))
     if size > limit:
-        raise TypeError(f"the job dict is {size} bytes pickled (limit {limit}): pass data through datasets")
+        raise TypeError(f"the job is {size} bytes pickled (limit {limit}): pass data through datasets")
 
 
-def run_job(body: Callable[[dict[str, Any], Session], Any], job: dict[str, Any], *, cfg: RayConfig, name: str,
-            plain: bool = False, keep_run: bool = False, datasets: dict[str, Source] | None = None) -> Path:
-    """Run ``body(job, session)`` and return a local folder holding its final checkpoint.
+def run_job(body: Callable[[Job, Session], object], job: Job, *, cfg: RayConfig, name: str,
+            plain: bool = False, datasets: dict[str, Source] | None = None) -> Path:
+    """Run ``body(job, session)`` and return a local folder holding its results: what it sent with
+    ``session.send_results`` (inference, the classifier), else its last checkpoint (training).
+
+    The run's checkpoints are deleted from storage after success, so a later run with the same
+    name starts from scratch instead of resuming a finished run.
 
     Args:
         body: a worker body from ``train_jobs.py`` or ``inference_jobs.py``.
-        job: its small inputs (config, names, model weights; no arrays: ``check_small``).
+        job: its spec from ``jobs.py`` (config, names, model weights; no arrays: ``check_small``).
         datasets: its data, by name; each rank reads its share with ``session.dataset(name)``
             (Ray Datasets split over the workers, or the whole arrays in ``plain``).
         cfg: Ray settings (workers, GPUs, storage, failures).
         name: the run name; re-running an interrupted job with the same name resumes it.
         plain: run in this process without Ray (debugging; same code path otherwise).
-        keep_run: keep the run's checkpoints in storage after success (default: delete them, so
-            a later run with the same name starts from scratch instead of resuming a finished run).
 
     Returns:
-        A temporary folder (caller removes it) with the last reported checkpoint's files.
+        A temporary folder (caller removes it) with the results' files.
     """
     check_small(job)
     storage = storage_root(cfg.storage_path)
@@ -239,10 +248,12 @@ def run_job(body: Callable[[dict[str, Any], Session], Any], job: dict[str, Any],
         root = Path(storage) / name if "://" not in storage else Path(tempfile.mkdtemp(prefix=name))
         session = LocalSession(root, datasets=datasets)
         body(job, session)
-        with session.latest_checkpoint() as folder:
-            shutil.copytree(folder, out, dirs_exist_ok=True)
-        if not keep_run:
-            shutil.rmtree(root, ignore_errors=True)
+        if session.results.exists():
+            shutil.copytree(session.results, out, dirs_exist_ok=True)
+        else:
+            with session.latest_checkpoint() as folder:
+                shutil.copytree(folder, out, dirs_exist_ok=True)
+        shutil.rmtree(root, ignore_errors=True)
         return out
 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -261,7 +272,7 @@ def run_job(body: Callable[[dict[str, Any], Session], Any], job: dict[str, Any],
     ray_data, data_config = ray_datasets(datasets or {}, cfg.num_workers)
     trainer = TorchTrainer(
         functools.partial(_ray_entry, body=body),
-        train_loop_config=job,
+        train_loop_config={"job": job},  # Ray wants a dict: the spec travels pickled inside it
         datasets=ray_data,
         dataset_config=data_config,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
@@ -285,11 +296,10 @@ def run_job(body: Callable[[dict[str, Any], Session], Any], job: dict[str, Any],
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise JobFailed(f"Ray job {name} failed; nodes lost during it: {', '.join(lost) or 'none'}; "
                         f"{type(exc).__name__}: {reason}") from exc
-    if result.checkpoint is None:
-        raise RuntimeError(f"Ray job {name} finished without a checkpoint")
+    if result.checkpoint is None:  # under Ray, send_results' files travel as the last checkpoint too
+        raise RuntimeError(f"Ray job {name} finished without results or a checkpoint")
     result.checkpoint.to_directory(str(out))
-    if not keep_run:
-        delete_run(storage, name)
+    delete_run(storage, name)
     return out
 
 

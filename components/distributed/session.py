@@ -32,7 +32,13 @@ class Session(Protocol):
         ...
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
-        """Report metrics, and a checkpoint folder (every rank calls it; rank 0's files are kept)."""
+        """Report a training job's metrics, and a checkpoint folder to resume from (every rank calls
+        it; the ranks' files land in one folder, the newest of which ``run_job`` returns)."""
+        ...
+
+    def send_results(self, folder: Path) -> None:
+        """Hand a job's result files back to the driver, once, at its end (every rank calls it with
+        its own files; ``run_job`` returns them in one folder). Nothing resumes from them."""
         ...
 
     def prepare(self, module: nn.Module) -> nn.Module:
@@ -49,7 +55,8 @@ class Session(Protocol):
 
 
 class LocalSession:
-    """One process, no Ray: checkpoints go to ``checkpoint_root/<n>/``, the newest is resumed."""
+    """One process, no Ray: checkpoints go to ``checkpoint_root/<n>/``, the newest is resumed;
+    results to ``checkpoint_root/results/``."""
 
     rank = 0
     world_size = 1
@@ -61,7 +68,7 @@ class LocalSession:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.root = Path(checkpoint_root) if checkpoint_root else Path(tempfile.mkdtemp(prefix="local-session-"))
         self.root.mkdir(parents=True, exist_ok=True)
-        self.reports: list[dict[str, Any]] = []
+        self.results = self.root / "results"  # what ``send_results`` was given
 
     def _checkpoints(self) -> list[Path]:
         return sorted((p for p in self.root.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
@@ -72,10 +79,14 @@ class LocalSession:
         yield found[-1] if found else None
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
-        self.reports.append(dict(metrics))
+        del metrics  # one process: nothing collects them (the callbacks log what is kept)
         if checkpoint_dir is not None:
             number = len(self._checkpoints())
             shutil.copytree(checkpoint_dir, self.root / f"{number:06d}")
+
+    def send_results(self, folder: Path) -> None:
+        shutil.rmtree(self.results, ignore_errors=True)  # one rank: its files are the results
+        shutil.copytree(folder, self.results)
 
     def prepare(self, module: nn.Module) -> nn.Module:
         return module
@@ -125,6 +136,11 @@ class RaySession:
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
         checkpoint = self._train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         self._train.report(metrics, checkpoint=checkpoint)
+
+    def send_results(self, folder: Path) -> None:
+        # Ray Train's one way for every worker's files to reach the driver, on any node: the run's
+        # last reported checkpoint (``Result.checkpoint``). The driver reads it once and deletes the run.
+        self._train.report({}, checkpoint=self._train.Checkpoint.from_directory(str(folder)))
 
     def prepare(self, module: nn.Module) -> nn.Module:
         import ray.train.torch

@@ -1,8 +1,8 @@
 """Worker bodies that train: a generative model (``train_job``), the classifier (``classifier_job``).
 
-Each takes a small ``job`` dict (config, names; no arrays) and a ``Session`` (local or Ray); the
-data comes from ``session.dataset(name)``: each rank reads its share through Ray Data, so no
-worker reads the driver's disk and this works on a multi-node cluster.
+Each takes its job spec (``jobs.py``: ``TrainJob``, ``ClassifierJob``) and a ``Session`` (local or
+Ray); the data comes from ``session.dataset(name)``: each rank reads its share through Ray Data,
+so no worker reads the driver's disk and this works on a multi-node cluster.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from components.config import model_config_from_dict
 from components.data.loader import StreamLoader, TensorLoader
 from components.distributed.inference_jobs import embed_sets
+from components.distributed.jobs import ClassifierJob, TrainJob
 from components.distributed.session import Session
 from components.models import build_model
 from components.models.base import DataSpec, TrainableModel
@@ -80,26 +80,38 @@ class HistoryCallback(Callback):
 
 
 class FaultInjection(Callback):
-    """Test-only: raise at a given step once (``GENMODELS_FAULT_AT_STEP`` + ``GENMODELS_FAULT_MARKER``)."""
+    """Test-only: raise once at step ``step`` or after, leaving ``marker`` so it fires only once.
 
-    def __init__(self) -> None:
-        self.step = int(os.environ.get(FAULT_STEP_ENV, "0"))
-        self.marker = os.environ.get(FAULT_MARKER_ENV)
+    Installed only when ``GENMODELS_FAULT_AT_STEP`` and ``GENMODELS_FAULT_MARKER`` are set (``from_env``).
+    """
+
+    def __init__(self, step: int, marker: Path):
+        self.step, self.marker = step, marker
+
+    @classmethod
+    def from_env(cls) -> FaultInjection | None:
+        """The fault the environment asks for, or None (the normal case)."""
+        step, marker = int(os.environ.get(FAULT_STEP_ENV) or 0), os.environ.get(FAULT_MARKER_ENV)
+        return cls(step, Path(marker)) if step and marker else None
 
     def on_log(self, model: TrainableModel, step: int, losses: dict[str, float]) -> None:
-        if self.step and self.marker and step >= self.step and not Path(self.marker).exists():
-            Path(self.marker).write_text(str(step))
+        if step >= self.step and not self.marker.exists():
+            self.marker.write_text(str(step))
             raise RuntimeError(f"injected fault at step {step}")
 
 
-def train_job(job: dict[str, Any], session: Session) -> list[EpochStats]:
-    """Train one model: resume from the session's latest checkpoint, wrap for DDP, run ``fit``."""
+def train_job(job: TrainJob, session: Session) -> list[EpochStats]:
+    """Train one model: resume from the session's latest checkpoint, wrap for DDP, run ``fit``.
+
+    Returns:
+        The stats of the epochs this call ran (those after the checkpoint it resumed from).
+    """
     return _train(job, session)[1]
 
 
-def _train(job: dict[str, Any], session: Session) -> tuple[TrainableModel, list[EpochStats], RunLength]:
-    cfg = model_config_from_dict(job["config"])
-    model = build_model(cfg, DataSpec(**job["spec"]), session.device)
+def _train(job: TrainJob, session: Session) -> tuple[TrainableModel, list[EpochStats], RunLength]:
+    cfg = job.config
+    model = build_model(cfg, job.data, session.device)
     start_epoch = 0
     history: list[dict] = []
     with session.latest_checkpoint() as folder:
@@ -110,27 +122,29 @@ def _train(job: dict[str, Any], session: Session) -> tuple[TrainableModel, list[
             if (folder / HISTORY_FILE).exists():
                 history = json.loads((folder / HISTORY_FILE).read_text())
             if session.rank == 0:
-                print(f"{job['name']}: resumed from epoch {start_epoch} (step {model.step})", flush=True)
+                print(f"{job.name}: resumed from epoch {start_epoch} (step {model.step})", flush=True)
     configure_runtime(model, cfg.precision, cfg.channels_last, cfg.compile)
     model.wrap_networks(session.prepare)
     loader = _loader(job, session, model.spec, cfg.batch_size, cfg.seed)
     length = run_length(cfg.epochs, cfg.steps, len(loader))  # per rank, so every rank stops at the same step
     if session.rank == 0:
-        print(f"{job['name']}: {length.steps} steps per worker ({length.epochs} epochs of {len(loader)}), "
+        print(f"{job.name}: {length.steps} steps per worker ({length.epochs} epochs of {len(loader)}), "
               f"precision {model.precision} (asked: {cfg.precision})", flush=True)
         warn_if_short(model, length)
-    callbacks: list[Callback] = [HistoryCallback(history, session.world_size), FaultInjection()]
+    callbacks: list[Callback] = [HistoryCallback(history, session.world_size)]
+    if (fault := FaultInjection.from_env()) is not None:
+        callbacks.append(fault)
     logger = monitor = None
-    if session.rank == 0 and job.get("tracking"):
+    if session.rank == 0 and job.tracking is not None:
         from components.tracking import MlflowCallback, start_tracking
 
-        logger, monitor = start_tracking(job["tracking"])
-        callbacks.append(MlflowCallback(logger, session.world_size, cfg.image_every, length.epochs, job.get("grid_seed", 0)))
-    if session.rank == 0 and job.get("progress", True):
+        logger, monitor = start_tracking(job.tracking.uri, job.tracking.run_id, job.tracking.system_metrics)
+        callbacks.append(MlflowCallback(logger, session.world_size, cfg.image_every, length.epochs, job.grid_seed))
+    if session.rank == 0 and job.progress:
         from components.training.callbacks import ProgressBar
 
-        callbacks.append(ProgressBar(length.steps, desc=f"train {job['name']}"))
-    callbacks.append(ReportCallback(session, job["name"], cfg.checkpoint_every, length.epochs, history,
+        callbacks.append(ProgressBar(length.steps, desc=f"train {job.name}"))
+    callbacks.append(ReportCallback(session, job.name, cfg.checkpoint_every, length.epochs, history,
                                     before_checkpoint=logger.flush if logger is not None else None))
     try:
         stats = fit(model, loader, epochs=length.epochs, seed=cfg.seed, start_epoch=start_epoch, rank=session.rank,
@@ -146,42 +160,42 @@ def _train(job: dict[str, Any], session: Session) -> tuple[TrainableModel, list[
                 print(f"warning: {len(errors)} MLflow writes failed: {errors[:3]}")
 
 
-def _loader(job: dict[str, Any], session: Session, spec: DataSpec, batch_size: int,
+def _loader(job: TrainJob, session: Session, spec: DataSpec, batch_size: int,
             seed: int) -> TensorLoader | StreamLoader:
     """This rank's share of the ``train`` source: once into device memory, or streamed every epoch.
 
     Each rank trains on its own fixed share, reshuffled every epoch from ``(seed + rank, epoch)``.
     """
     data, shape = session.dataset("train"), (spec.channels, spec.height, spec.width)
-    loading = job["loading"]
-    if loading["mode"] == "memory":
+    loading = job.loading
+    if loading.mode == "memory":
         rows = data.arrays()
         return TensorLoader(rows["image"].reshape(-1, *shape), rows["label"], batch_size, session.device,
                             shuffle=True, seed=seed + session.rank)
 
     def batches(epoch: int):
-        return data.batches(batch_size, prefetch=loading["prefetch_batches"], shuffle_buffer=loading["shuffle_buffer"],
+        return data.batches(batch_size, prefetch=loading.prefetch_batches, shuffle_buffer=loading.shuffle_buffer,
                             seed=(seed + session.rank) * 7919 + epoch)
 
-    return StreamLoader(batches, job["rows"] // session.world_size, shape, batch_size, session.device)
+    return StreamLoader(batches, job.rows // session.world_size, shape, batch_size, session.device)
 
 
-def classifier_job(job: dict[str, Any], session: Session) -> None:
-    """Train the classifier, then embed the sources named in ``job["image_sets"]``: one Ray job, one start-up.
+def classifier_job(job: ClassifierJob, session: Session) -> None:
+    """Train the classifier, then embed the sources named in ``job.image_sets``: one Ray job, one start-up.
 
-    The final checkpoint holds ``checkpoint.pt`` and one folder of feature chunks per set, as
+    The results hold ``checkpoint.pt`` and one folder of feature chunks per set, as
     ``train_job`` and ``features_job`` would have written them. Every rank embeds with rank 0's
     state, the one saved: under DDP each rank's BatchNorm running statistics come from its own shard.
     """
-    model, _, length = _train(job, session)
+    model, _, length = _train(job.train, session)
     for network in model.networks().values():
         session.broadcast(network)
     with tempfile.TemporaryDirectory() as folder:
         if session.rank == 0:
             save_checkpoint(Path(folder) / CHECKPOINT_FILE,
-                            checkpoint_payload(model, name=job["name"], epoch=length.epochs))
-        embed_sets(model, job["image_sets"], job["batch_size"], session, Path(folder))
-        session.report({"sets": len(job["image_sets"])}, Path(folder))
+                            checkpoint_payload(model, name=job.train.name, epoch=length.epochs))
+        embed_sets(model, job.image_sets, job.batch_size, session, Path(folder))
+        session.send_results(Path(folder))
 
 
 def worker_records(folder: str | Path) -> list[dict[str, Any]]:
