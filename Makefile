@@ -50,8 +50,10 @@ setup: venv
 	else echo "setup: not root or no apt-get: skipping system packages (fetch will download)"; fi
 
 # One local Ray head for the whole run: every stage attaches to it instead of starting its own.
+# Then a short summary (stage times, the leaderboard's top, the report), whether or not it failed.
 run: setup
-	$(PY) infra/local/with-ray -- $(VENV)/bin/dvc repro
+	@start=$$(date +%s); $(PY) infra/local/with-ray -- $(VENV)/bin/dvc repro; rc=$$?; \
+	  $(PY) -m pipelines.summary --since $$start --wall $$(( $$(date +%s) - start )) || true; exit $$rc
 
 # Two test files at a time (pytest-xdist, a file stays on one worker: module fixtures are shared):
 # a Ray stage keeps this 2-core machine only ~2/3 busy (imports, actor start-up, waits), and the

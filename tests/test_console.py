@@ -1,0 +1,90 @@
+"""What a stage prints: the routing of Ray's streamed lines (terminal vs the stage's log file),
+the stage-time records and the summary ``make run`` ends with."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from components.distributed.console import StreamRouter, last_redraw, shown
+from components.report.summary import format_times, stage_times
+from pipelines.common import record_stage_time, stage_label
+
+
+@pytest.mark.parametrize(("process", "line", "want"), [
+    ("RayTrainWorker", "train gan:  50%|#####     | 16/32 [00:01<00:01, 9.1step/s, loss_d=1.2]", True),
+    ("RayTrainWorker", "gan: 32 steps per worker (2 epochs of 16), precision bf16 (asked: auto)", True),
+    ("RayTrainWorker", "/x/train_jobs.py:121: ShortRunWarning: gan: 32 optimiser steps per worker", True),
+    ("RayTrainWorker", "Checkpoint successfully created at: Checkpoint(filesystem=local, path=/tmp/x)", False),
+    ("RayTrainWorker", "Reporting training result 1: TrainingReport(checkpoint=...)", False),
+    ("RayTrainWorker", "Setting up process group for: env:// [rank=0, world_size=2]", False),
+    ("RayTrainWorker", "2026/12/05 16:06:24 INFO mlflow.system_metrics.system_metrics_monitor: Started monitoring", False),
+    ("TrainController", "Attempting to start training worker group of size 2 with the following resources", False),
+    ("SplitCoordinator", "Starting execution of Dataset train_0. Full logs are in /tmp/ray/session/logs/ray-data", False),
+    ("PlacementGroupCleaner", "Failed to query Ray Train Controller actor state. State API may be temporarily", False),
+    ("TrainController", "RuntimeError: injected fault at step 7", True),
+    ("", "WARNING: the node 127.0.0.3 died", True),
+])
+def test_what_reaches_the_terminal(process: str, line: str, want: bool) -> None:
+    assert shown(process, line) is want
+
+
+def test_a_progress_line_shows_its_last_redraw() -> None:
+    assert last_redraw("\rtrain gan:  12%| 4/32\rtrain gan:  50%| 16/32\r") == "train gan:  50%| 16/32"
+    assert last_redraw("plain line") == "plain line"
+
+
+def batch(process: str, *lines: str, pid: int = 7) -> dict:
+    return {"actor_name": process, "pid": pid, "ip": "127.0.0.2", "lines": list(lines), "is_err": False}
+
+
+def test_every_line_goes_to_the_log_and_only_the_shown_ones_to_the_printer() -> None:
+    log, printed = io.StringIO(), []
+    router = StreamRouter(log, printed.append)
+    router(batch("RayTrainWorker", "Checkpoint successfully created at: /tmp/c", "train gan: 100%| 32/32"))
+    router(batch("SplitCoordinator", "Execution plan of Dataset train_0", pid=9))
+    assert [b["lines"] for b in printed] == [["train gan: 100%| 32/32"]]
+    assert printed[0]["actor_name"] == "RayTrainWorker"  # Ray's printer still gets who wrote it
+    assert log.getvalue().splitlines() == [
+        "(RayTrainWorker pid=7, ip=127.0.0.2) Checkpoint successfully created at: /tmp/c",
+        "(RayTrainWorker pid=7, ip=127.0.0.2) train gan: 100%| 32/32",
+        "(SplitCoordinator pid=9, ip=127.0.0.2) Execution plan of Dataset train_0"]
+
+
+def test_a_traceback_is_shown_whole_from_any_process() -> None:
+    printed: list[dict] = []
+    router = StreamRouter(io.StringIO(), printed.append)
+    router(batch("TrainController", "Traceback (most recent call last):", '  File "x.py", line 1, in <module>',
+                 "    raise ValueError('NaN loss')"))
+    router(batch("TrainController", "ValueError: NaN loss", "Requesting resources: {'CPU': 1.0} * 2"))
+    assert [line for b in printed for line in b["lines"]] == [
+        "Traceback (most recent call last):", '  File "x.py", line 1, in <module>', "    raise ValueError('NaN loss')",
+        "ValueError: NaN loss"]  # and the routine line after it is not
+
+
+def test_verbose_shows_everything() -> None:
+    printed: list[dict] = []
+    StreamRouter(io.StringIO(), printed.append, show_all=True)(batch("SplitCoordinator", "Execution plan of Dataset x"))
+    assert printed[0]["lines"] == ["Execution plan of Dataset x"]
+
+
+def test_stage_labels_are_dvc_stage_names() -> None:
+    assert stage_label(["/p/pipelines/train.py", "--model", "gan"]) == "train@gan"
+    assert stage_label(["/p/pipelines/fetch.py"]) == "fetch"
+
+
+def test_stage_times_are_appended_and_read_back_since_a_moment(tmp_path: Path) -> None:
+    path = tmp_path / "logs" / "stages.jsonl"
+    record_stage_time("fetch", 100.0, 1.5, True, str(path))
+    record_stage_time("train@gan", 200.0, 61.25, False, str(path))
+    with path.open("a") as f:
+        f.write('{"stage": "cut sho')  # a stage killed while writing its record
+    assert [r["stage"] for r in stage_times(path, since=150)] == ["train@gan"]
+    lines = format_times(stage_times(path, since=0), wall_seconds=70)
+    assert lines[0] == "stages (2 ran, 63 s in stages, 70 s wall clock):"
+    assert lines[2].split() == ["train@gan", "61.2", "s", "FAILED"]
+    assert json.loads(path.read_text().splitlines()[0]) == {"stage": "fetch", "started": 100.0, "seconds": 1.5, "ok": True}
+    assert format_times([], None) == ["stages: none ran (everything was up to date)"]
