@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from collections import Counter
+
 import numpy as np
 import pytest
 import torch
@@ -20,7 +23,8 @@ def trained(tmp_path_factory, ray_address):
     """A project where gan was trained, sampled and evaluated with 2 workers, and vae trained."""
     project = make_project(tmp_path_factory.mktemp("project"))
     env = {"RAY_ADDRESS": ray_address}
-    run_stage(project, "train", "--model", "gan", env=env, tracking="local")
+    trained = run_stage(project, "train", "--model", "gan", env=env, tracking="local")
+    (project / "terminal-train-gan.txt").write_text(trained.stdout + trained.stderr)  # what a person saw
     run_stage(project, "sample", "--model", "gan", env=env, tracking="local")
     run_stage(project, "classifier", env=env, tracking="local")
     run_stage(project, "evaluate", "--model", "gan", env=env, tracking="local")
@@ -177,3 +181,22 @@ def test_reference_features_are_the_saved_checkpoints(trained, ray_address, work
     images = torch.as_tensor(test.images[: len(reference["test_features"])]).float().div(127.5).sub(1.0)
     again = torch.cat([classifier.embed(images[i : i + 100]) for i in range(0, len(images), 100)]).double().numpy()
     np.testing.assert_allclose(reference["test_features"], again, rtol=0, atol=1e-5)
+
+
+def test_the_terminal_shows_the_stage_and_its_log_file_holds_rays_detail(trained):
+    """The train stage prints where it runs, rank 0's progress, its result and warnings once; Ray's
+    per-checkpoint and per-report lines, Train's controller and Ray Data's coordinator go to the log."""
+    text = (trained / "terminal-train-gan.txt").read_text()
+    lines = [line for line in text.splitlines() if line.strip()]
+    first = next(line for line in lines if "Ray Train job, 2 worker(s)" in line)
+    log = trained / re.search(r"Ray's output -> (\S+)", first).group(1)
+    assert any(re.search(r"train gan: +\d+%\|", line) for line in lines)  # the progress bar
+    assert re.search(r"^train gan: [\d,]+ parameters, step 8, run \w+ -> models/gan$", text, re.MULTILINE)
+    assert max(Counter(lines).values()) <= 2, Counter(lines).most_common(3)
+    for routine in ("Checkpoint successfully created", "Reporting training result", "TrainController",
+                    "SplitCoordinator", "PlacementGroupCleaner", "INFO mlflow"):
+        assert routine not in text, routine
+    assert len(lines) < 30, text
+    detail = log.read_text()
+    assert "Checkpoint successfully created" in detail and "(TrainController pid=" in detail
+    assert "(RayTrainWorker pid=" in detail
