@@ -36,8 +36,8 @@ from benchmarks.common import (
     with_settings,
 )
 from benchmarks.train_speed import CPU_STEPS, ProjectRunner, stage_speed, start_ray
+from components.data.spec import DataSpec
 from components.data.synthetic import make_synthetic
-from components.models.base import DataSpec
 
 SPEC = DataSpec(channels=1, height=28, width=28, num_classes=10)
 WAYS = ("fit", "job, no Ray", "Ray task", "Ray Train, no MLflow", "Ray Train + MLflow")

@@ -47,9 +47,9 @@ from benchmarks.common import (
 )
 from benchmarks.textbook import TextbookRunner
 from components.data.loader import TensorLoader
+from components.data.spec import DataSpec
 from components.data.synthetic import make_synthetic
 from components.models import build_model
-from components.models.base import DataSpec
 from components.training.loop import configure_runtime, fit
 
 #: steps per epoch: 1.5-3 s an epoch on one CPU thread (short epochs, many of them: on a shared

@@ -18,9 +18,10 @@ from benchmarks.common import FAMILIES
 from benchmarks.train_speed import fuse_optimizers, parse_candidate
 from components.config import GANConfig
 from components.data.loader import TensorLoader
+from components.data.spec import DataSpec
 from components.distributed.malloc import MALLOC_SETTINGS
 from components.models import build_model
-from components.models.base import DataSpec, TrainableModel
+from components.models.base import TrainableModel
 from components.training.loop import Callback, fit
 
 ROOT = Path(__file__).resolve().parents[1]

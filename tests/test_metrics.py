@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from components.config import ClassifierConfig
+from components.data.spec import DataSpec
 from components.metrics.conditional import classifier_accuracy, conditional_accuracy, predict_labels
 from components.metrics.features import apply_batched
 from components.metrics.fid import (
@@ -20,7 +21,7 @@ from components.metrics.fid import (
     kid,
 )
 from components.metrics.precision_recall import knn_radii, precision_recall
-from components.models.base import DataSpec, to_uint8
+from components.models.base import to_uint8
 from components.models.classifier import Classifier, ClassifierNet, FeatureExtractor, state_checksum
 
 D = 16  # feature dimension used by the maths tests

@@ -11,12 +11,12 @@ import torch
 
 from components.config import LoadingConfig, VAEConfig
 from components.data.loader import TensorLoader
+from components.data.spec import DataSpec
 from components.distributed.datasets import ArraySource
 from components.distributed.jobs import Tracking, TrainJob
 from components.distributed.session import LocalSession
 from components.distributed.train_jobs import train_job
 from components.models import FAMILIES
-from components.models.base import DataSpec
 from components.training import precision
 from components.training.checkpoint import load_checkpoint
 from components.training.loop import configure_runtime, fit

@@ -16,12 +16,12 @@ import torch
 
 from components.config import GANConfig, LoadingConfig, VAEConfig
 from components.data.loader import TensorLoader
+from components.data.spec import DataSpec
 from components.distributed.datasets import ArraySource
 from components.distributed.jobs import Tracking, TrainJob
 from components.distributed.session import LocalSession
 from components.distributed.train_jobs import FAULT_MARKER_ENV, FAULT_STEP_ENV, FaultInjection, train_job
 from components.models import build_model
-from components.models.base import DataSpec
 from components.models.vae import VAE
 from components.training.checkpoint import (
     CHECKPOINT_FILE,
@@ -217,7 +217,7 @@ def test_sampling_a_loaded_model_builds_no_optimiser():
 import sys, torch
 from components.config import GANConfig
 from components.models import build_model
-from components.models.base import DataSpec
+from components.data.spec import DataSpec
 from components.training.checkpoint import checkpoint_payload, model_from_checkpoint
 spec = DataSpec(channels=1, height=28, width=28, num_classes=10)
 trained = build_model(GANConfig(hidden_dim=8, latent_dim=4), spec)

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from components.data.loader import StreamLoader, TensorLoader
+from components.data.spec import DataSpec
 from components.distributed.inference_jobs import embed_sets
 from components.distributed.jobs import ClassifierJob, TrainJob
 from components.distributed.session import Session
 from components.models import build_model
-from components.models.base import DataSpec, TrainableModel
+from components.models.base import TrainableModel
 from components.training.checkpoint import (
     CHECKPOINT_FILE,
     checkpoint_payload,

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-    from components.models.base import DataSpec, TrainableModel
+    from components.data.spec import DataSpec
+    from components.models.base import TrainableModel
 
 #: generative family tag -> (module, class name), in the order reports and benchmarks list them
 FAMILIES: dict[str, tuple[str, str]] = {

@@ -9,28 +9,12 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
-
-@dataclass(frozen=True)
-class DataSpec:
-    """What a model needs to know about its data: image shape and number of classes."""
-
-    channels: int = 1
-    height: int = 28
-    width: int = 28
-    num_classes: int = 10
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (self.channels, self.height, self.width)
-
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
+from components.data.spec import DataSpec
 
 
 def unwrap(module: nn.Module) -> nn.Module:

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from components.config import ClassifierConfig
-from components.models.base import DataSpec, TrainableModel, unwrap
+from components.data.spec import DataSpec
+from components.models.base import TrainableModel, unwrap
 
 
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:

@@ -12,8 +12,9 @@ from typing import Any
 import torch
 
 from components.config import model_config_from_dict
+from components.data.spec import DataSpec
 from components.io import atomic_path
-from components.models.base import DataSpec, TrainableModel
+from components.models.base import TrainableModel
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT_VERSION = 1
