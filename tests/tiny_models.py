@@ -1,6 +1,6 @@
 """Tiny models of every registered family, and the data and helpers the model tests share.
 
-``CASES`` holds one case per family of ``components.models.FAMILIES`` (the registry) plus the
+``CASES`` holds one case per family of ``components.models.FAMILIES`` plus the
 variants whose code paths differ (the VAE's MLP, the conditional DDPM).
 """
 
