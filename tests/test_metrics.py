@@ -21,8 +21,8 @@ from components.metrics.fid import (
     kid,
 )
 from components.metrics.precision_recall import knn_radii, precision_recall
-from components.models.base import to_uint8
-from components.models.classifier import Classifier, ClassifierNet, FeatureExtractor, state_checksum
+from components.models.base import state_checksum, to_uint8
+from components.models.classifier import Classifier, ClassifierNet, FeatureExtractor
 
 D = 16  # feature dimension used by the maths tests
 

@@ -10,8 +10,6 @@ extractors are not comparable.
 from __future__ import annotations
 
 import copy
-import hashlib
-from collections.abc import Mapping
 from typing import ClassVar
 
 import torch
@@ -20,7 +18,7 @@ from torch import Tensor, nn
 
 from components.config import ClassifierConfig
 from components.data.spec import DataSpec
-from components.models.base import TrainableModel, unwrap
+from components.models.base import TrainableModel, state_checksum, unwrap
 
 
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -109,25 +107,6 @@ class FeatureExtractor(nn.Module):
     def checksum(self) -> str:
         """The extractor's identity: ``state_checksum`` of its network."""
         return state_checksum(self.net.state_dict())
-
-
-def state_checksum(state_dict: Mapping[str, Tensor]) -> str:
-    """SHA-256 over names, dtypes, shapes and bytes of the tensors in sorted key order; 16 hex chars.
-
-    Args:
-        state_dict: a network's ``state_dict()`` (DDP/compile prefixes change the result:
-            pass the unwrapped network's).
-
-    Returns:
-        The first 16 hex digits of the digest.
-    """
-    digest = hashlib.sha256()
-    for key in sorted(state_dict):
-        tensor = state_dict[key].detach().cpu().contiguous()
-        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        # view as bytes: numpy has no bfloat16, and this works for every dtype.
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 class Classifier(TrainableModel):
