@@ -155,13 +155,6 @@ class Classifier(TrainableModel):
         return {"loss": loss.detach(), "acc": acc}
 
     @torch.no_grad()
-    def embed(self, images: Tensor) -> Tensor:
-        """``(B, C, H, W)`` float in [-1, 1] -> ``(B, feature_dim)`` embedding, in eval mode."""
-        net = unwrap(self.net)
-        net.eval()
-        return net.embed(images)
-
-    @torch.no_grad()
     def embed_and_predict(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """``(B, C, H, W)`` float in [-1, 1] -> ``(B, feature_dim)`` embedding and ``(B,)`` predicted
         classes (the arg-max of the head on that embedding), in eval mode."""
