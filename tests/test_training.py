@@ -20,7 +20,13 @@ from components.data.spec import DataSpec
 from components.distributed.datasets import ArraySource
 from components.distributed.jobs import Tracking, TrainJob
 from components.distributed.session import LocalSession
-from components.distributed.train_jobs import FAULT_MARKER_ENV, FAULT_STEP_ENV, FaultInjection, train_job
+from components.distributed.train_jobs import (
+    FAULT_MARKER_ENV,
+    FAULT_STEP_ENV,
+    HISTORY_FILE,
+    FaultInjection,
+    train_job,
+)
 from components.models import build_model
 from components.models.vae import VAE
 from components.training.checkpoint import (
@@ -116,13 +122,21 @@ def session(folder) -> LocalSession:
     return LocalSession(folder, device="cpu", datasets={"train": ArraySource(images, labels)})
 
 
+def epochs_in_history(done: LocalSession) -> list[tuple[int, int]]:
+    """``(epoch, step)`` of each finished epoch in the newest checkpoint's history.json (what the train
+    stage reads): a resumed run that re-ran or skipped an epoch would show it."""
+    with done.latest_checkpoint() as folder:
+        history = json.loads((folder / HISTORY_FILE).read_text())
+    return [(h["epoch"], h["step"]) for h in history if "epoch" in h]
+
+
 def test_plain_train_job_resumes_to_the_uninterrupted_weights(tmp_path):
     uninterrupted = session(tmp_path / "a")
     train_job(job(epochs=3), uninterrupted)
     interrupted = session(tmp_path / "b")
     train_job(job(epochs=2), interrupted)  # stops after epoch 2, as if killed there
-    history = train_job(job(epochs=3), interrupted)  # re-run: resumes from the epoch-2 checkpoint
-    assert [s.epoch for s in history] == [2]
+    train_job(job(epochs=3), interrupted)  # re-run: resumes from the epoch-2 checkpoint
+    assert epochs_in_history(interrupted) == epochs_in_history(uninterrupted) == [(1, 3), (2, 6), (3, 9)]
     with uninterrupted.latest_checkpoint() as a, interrupted.latest_checkpoint() as b:
         want, got = model_from_checkpoint(load_checkpoint(a)), model_from_checkpoint(load_checkpoint(b))
     assert got.step == want.step == 9
@@ -265,8 +279,8 @@ def test_a_run_by_steps_resumes_to_the_same_step_and_weights(tmp_path, monkeypat
     interrupted = session(tmp_path / "b")
     with pytest.raises(RuntimeError, match="injected fault at step 7"):
         train_job(steps_job(8), interrupted)
-    history = train_job(steps_job(8), interrupted)  # the same job again: resumes at epoch 2, step 6
-    assert [(s.epoch, s.steps) for s in history] == [(2, 2)]  # the last epoch, partial
+    train_job(steps_job(8), interrupted)  # the same job again: resumes at epoch 2, step 6
+    assert epochs_in_history(interrupted) == epochs_in_history(uninterrupted) == [(1, 3), (2, 6), (3, 8)]  # last partial
     with uninterrupted.latest_checkpoint() as a, interrupted.latest_checkpoint() as b:
         want, got = load_checkpoint(a), load_checkpoint(b)
         assert json.loads((b / "worker-000.json").read_text())["step"] == 8
