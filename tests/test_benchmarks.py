@@ -177,7 +177,7 @@ def test_chunks_run_fit_in_short_rounds_through_whole_epochs():
     loader = TensorLoader(images, np.zeros(10, np.int64), batch_size=2, seed=3)
     chunks = Chunks(loader, 3)
     seen = [int(b[0][i, 0, 0, 0].add(1).mul(127.5).round()) for _ in range(4) for b in chunks for i in range(2)]
-    epoch = lambda e: (loader.set_epoch(e), [int(i) for i in loader.shard_indices()])[1]
+    epoch = lambda e: (loader.set_epoch(e), [int(i) for i in loader.epoch_indices()])[1]
     assert len(chunks) == 3 and chunks.batch_size == 2
     assert seen[:10] == epoch(0) and seen[10:20] == epoch(1) and seen[20:] == epoch(2)[:4]
 

@@ -56,26 +56,17 @@ def data(n: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return rng.integers(0, 256, size=(n, 1, 28, 28), dtype=np.uint8), rng.integers(0, 10, size=n)
 
 
-def test_loader_shards_are_disjoint_cover_and_reshuffle():
+def test_loader_covers_its_rows_and_reshuffles_every_epoch():
     images, labels = data(100)
-    shards = [TensorLoader(images, labels, batch_size=10, seed=3, rank=r, world_size=2).shard_indices()
-              for r in range(2)]
-    assert len(shards[0]) == len(shards[1]) == 50
-    assert set(shards[0].tolist()).isdisjoint(shards[1].tolist())
-    assert set(shards[0].tolist()) | set(shards[1].tolist()) == set(range(100))
     loader = TensorLoader(images, labels, batch_size=10, seed=3)
-    first = loader.shard_indices()
+    first = loader.epoch_indices()
+    assert sorted(first.tolist()) == list(range(100))
+    assert torch.equal(first, TensorLoader(images, labels, batch_size=10, seed=3).epoch_indices())  # seeded
     loader.set_epoch(1)
-    assert not torch.equal(first, loader.shard_indices())
+    assert not torch.equal(first, loader.epoch_indices())
     batch, batch_labels = next(iter(loader))
     assert batch.dtype == torch.float32 and batch.shape == (10, 1, 28, 28)
     assert batch.min() >= -1 and batch.max() <= 1 and batch_labels.dtype == torch.int64
-
-
-def test_uneven_shards_are_padded_so_ranks_run_equal_steps():
-    images, labels = data(101)
-    loaders = [TensorLoader(images, labels, batch_size=10, rank=r, world_size=2) for r in range(2)]
-    assert [len(list(loader)) for loader in loaders] == [5, 5]
 
 
 class EveryEpochCheckpoint(Callback):
@@ -289,13 +280,13 @@ def test_a_run_by_steps_resumes_to_the_same_step_and_weights(tmp_path, monkeypat
 
 
 def test_every_rank_stops_at_the_same_step():
-    """DDP: per-rank step counts over loaders of equal length (uneven shards are padded), so no rank
-    is left waiting at an all-reduce."""
-    images, labels = data(101)  # 51 and 50 rows: 5 batches of 10 on each rank
+    """DDP: per-rank step counts over loaders of equal length (Ray Data's split is even up to a row),
+    so no rank is left waiting at an all-reduce."""
+    images, labels = data(101)  # two ranks' shares, 51 and 50 rows: 5 batches of 10 on each
     steps = []
-    for rank in range(2):
+    for rank, share in enumerate((slice(0, 51), slice(51, 101))):
         model = build_model(VAEConfig(steps=7, batch_size=10, hidden_dim=8, latent_dim=4), SPEC)
-        loader = TensorLoader(images, labels, 10, rank=rank, world_size=2)
+        loader = TensorLoader(images[share], labels[share], 10, seed=rank)
         length = run_length(None, 7, len(loader))
         fit(model, loader, epochs=length.epochs, seed=0, rank=rank, log_every=100, max_steps=length.steps)
         steps.append(model.step)
