@@ -10,11 +10,11 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from local_jobs import local_session, random_images, vae_job
 
-from components.config import GANConfig, LoadingConfig, VAEConfig
+from components.config import GANConfig, VAEConfig
 from components.data.loader import TensorLoader
 from components.data.spec import DataSpec
 from components.distributed.datasets import ArraySource
@@ -51,13 +51,8 @@ SPEC = DataSpec()
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def data(n: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, size=(n, 1, 28, 28), dtype=np.uint8), rng.integers(0, 10, size=n)
-
-
 def test_loader_covers_its_rows_and_reshuffles_every_epoch():
-    images, labels = data(100)
+    images, labels = random_images(100)
     loader = TensorLoader(images, labels, batch_size=10, seed=3)
     first = loader.epoch_indices()
     assert sorted(first.tolist()) == list(range(100))
@@ -90,7 +85,7 @@ class Poison(Callback):
 
 
 def test_nan_guard_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path):
-    images, labels = data()
+    images, labels = random_images(256)
     model = build_model(GANConfig(epochs=3, batch_size=64, hidden_dim=16, latent_dim=8), SPEC)
     loader = TensorLoader(images, labels, batch_size=64)
     saver = EveryEpochCheckpoint(tmp_path)
@@ -102,17 +97,6 @@ def test_nan_guard_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(t
     assert all(torch.isfinite(p).all() for net in restored.networks().values() for p in net.parameters())
 
 
-def job(epochs: int, tracking: Tracking | None = None) -> TrainJob:
-    config = VAEConfig(epochs=epochs, batch_size=64, hidden_dim=8, latent_dim=4, log_every=1)
-    return TrainJob(name="vae", config=config, data=SPEC, rows=192, loading=LoadingConfig(mode="memory"),
-                    tracking=tracking, grid_seed=0, progress=False)
-
-
-def session(folder) -> LocalSession:
-    images, labels = data(192)
-    return LocalSession(folder, device="cpu", datasets={"train": ArraySource(images, labels)})
-
-
 def epochs_in_history(done: LocalSession) -> list[tuple[int, int]]:
     """``(epoch, step)`` of each finished epoch in the newest checkpoint's history.json (what the train
     stage reads): a resumed run that re-ran or skipped an epoch would show it."""
@@ -122,11 +106,11 @@ def epochs_in_history(done: LocalSession) -> list[tuple[int, int]]:
 
 
 def test_plain_train_job_resumes_to_the_uninterrupted_weights(tmp_path):
-    uninterrupted = session(tmp_path / "a")
-    train_job(job(epochs=3), uninterrupted)
-    interrupted = session(tmp_path / "b")
-    train_job(job(epochs=2), interrupted)  # stops after epoch 2, as if killed there
-    train_job(job(epochs=3), interrupted)  # re-run: resumes from the epoch-2 checkpoint
+    uninterrupted = local_session(tmp_path / "a")
+    train_job(vae_job(epochs=3), uninterrupted)
+    interrupted = local_session(tmp_path / "b")
+    train_job(vae_job(epochs=2), interrupted)  # stops after epoch 2, as if killed there
+    train_job(vae_job(epochs=3), interrupted)  # re-run: resumes from the epoch-2 checkpoint
     assert epochs_in_history(interrupted) == epochs_in_history(uninterrupted) == [(1, 3), (2, 6), (3, 9)]
     with uninterrupted.latest_checkpoint() as a, interrupted.latest_checkpoint() as b:
         want, got = model_from_checkpoint(load_checkpoint(a)), model_from_checkpoint(load_checkpoint(b))
@@ -168,7 +152,7 @@ class StoreAtCheckpoints(LocalSession):
     """Records, at every reported checkpoint, the epochs the MLflow store already holds."""
 
     def __init__(self, folder, uri: str, run_id: str):
-        images, labels = data(192)
+        images, labels = random_images(192)
         super().__init__(folder, device="cpu", datasets={"train": ArraySource(images, labels)})
         self.uri, self.run_id, self.stored_at_checkpoint = uri, run_id, []
 
@@ -189,13 +173,13 @@ def test_what_was_logged_before_a_checkpoint_is_stored_before_it_is_reported(tmp
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_id = tracking.start_run(uri, "e", "vae", {"stage": "train@vae"}, {"p": 1})
     on_store = StoreAtCheckpoints(tmp_path / "ckpt", uri, run_id)
-    train_job(job(epochs=3, tracking=Tracking(uri, run_id, system_metrics=False)), on_store)
+    train_job(vae_job(epochs=3, tracking=Tracking(uri, run_id, system_metrics=False)), on_store)
     assert on_store.stored_at_checkpoint == [(1, [1]), (2, [1, 2]), (3, [1, 2, 3])]
 
 
 def test_same_seed_same_weights_different_seed_different():
     def train(seed: int) -> str:
-        images, labels = data()
+        images, labels = random_images(256)
         model = build_model(GANConfig(seed=seed, batch_size=64, hidden_dim=16, latent_dim=8), SPEC)
         fit(model, TensorLoader(images, labels, 64, seed=seed), epochs=2, seed=seed, log_every=100)
         return parameter_digest(model)
@@ -205,7 +189,7 @@ def test_same_seed_same_weights_different_seed_different():
 
 
 def test_loop_reports_finite_epoch_losses_and_speed():
-    images, labels = data()
+    images, labels = random_images(256)
     model = build_model(VAEConfig(batch_size=64, hidden_dim=8, latent_dim=4), SPEC)
     history = fit(model, TensorLoader(images, labels, 64), epochs=2, seed=0, log_every=2)
     assert [s.steps for s in history] == [4, 4]
@@ -248,11 +232,11 @@ print("ok")
 def steps_job(steps: int, **fields) -> TrainJob:
     """``job`` trained by ``steps`` (192 rows at batch 64: 3 steps an epoch)."""
     config = VAEConfig(steps=steps, batch_size=64, hidden_dim=8, latent_dim=4, log_every=1, **fields)
-    return dataclasses.replace(job(epochs=1), config=config)
+    return dataclasses.replace(vae_job(epochs=1), config=config)
 
 
 def test_fit_stops_at_max_steps_mid_epoch():
-    images, labels = data()  # 256 rows at batch 64: 4 steps an epoch
+    images, labels = random_images(256)  # 256 rows at batch 64: 4 steps an epoch
     model = build_model(VAEConfig(steps=10, batch_size=64, hidden_dim=8, latent_dim=4), SPEC)
     loader = TensorLoader(images, labels, 64)
     length = run_length(model.config.epochs, model.config.steps, len(loader))
@@ -263,11 +247,11 @@ def test_fit_stops_at_max_steps_mid_epoch():
 
 
 def test_a_run_by_steps_resumes_to_the_same_step_and_weights(tmp_path, monkeypatch):
-    uninterrupted = session(tmp_path / "a")
+    uninterrupted = local_session(tmp_path / "a")
     train_job(steps_job(8), uninterrupted)
     monkeypatch.setenv(FAULT_STEP_ENV, "7")  # in epoch 3 (steps 7-9), after the epoch-2 checkpoint at step 6
     monkeypatch.setenv(FAULT_MARKER_ENV, str(tmp_path / "fired"))
-    interrupted = session(tmp_path / "b")
+    interrupted = local_session(tmp_path / "b")
     with pytest.raises(RuntimeError, match="injected fault at step 7"):
         train_job(steps_job(8), interrupted)
     train_job(steps_job(8), interrupted)  # the same job again: resumes at epoch 2, step 6
@@ -282,7 +266,7 @@ def test_a_run_by_steps_resumes_to_the_same_step_and_weights(tmp_path, monkeypat
 def test_every_rank_stops_at_the_same_step():
     """DDP: per-rank step counts over loaders of equal length (Ray Data's split is even up to a row),
     so no rank is left waiting at an all-reduce."""
-    images, labels = data(101)  # two ranks' shares, 51 and 50 rows: 5 batches of 10 on each
+    images, labels = random_images(101)  # two ranks' shares, 51 and 50 rows: 5 batches of 10 on each
     steps = []
     for rank, share in enumerate((slice(0, 51), slice(51, 101))):
         model = build_model(VAEConfig(steps=7, batch_size=10, hidden_dim=8, latent_dim=4), SPEC)
@@ -295,12 +279,12 @@ def test_every_rank_stops_at_the_same_step():
 
 def test_a_short_run_warns_once_at_the_start_and_a_long_one_does_not(tmp_path, monkeypatch):
     with pytest.warns(ShortRunWarning, match=r"vae: 4 optimiser steps per worker \(2 epochs\), fewer than the ~500") as got:
-        train_job(steps_job(4), session(tmp_path / "short"))
+        train_job(steps_job(4), local_session(tmp_path / "short"))
     assert len([w for w in got if w.category is ShortRunWarning]) == 1
     monkeypatch.setattr(VAE, "min_useful_steps", 4)  # 4 steps are enough now: the same path stays quiet
     with warnings.catch_warnings():
         warnings.simplefilter("error", ShortRunWarning)
-        train_job(steps_job(4), session(tmp_path / "long"))
+        train_job(steps_job(4), local_session(tmp_path / "long"))
 
 
 @pytest.mark.parametrize(("family", "steps", "warns"), [
