@@ -154,6 +154,14 @@ def start_ray(threads: int, device: torch.device) -> tuple[str, int]:
     return temp_dir, int(worker_threads)
 
 
+def stop_ray(temp_dir: str) -> None:
+    """Shut ``start_ray``'s instance down and remove its temp dir."""
+    import ray
+
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
 def _torch_threads() -> int:
     """Runs in a Ray worker: the intra-op threads torch uses there."""
     return torch.get_num_threads()
@@ -297,10 +305,7 @@ def main() -> None:
                   + (f"  c {row['c']:.0f}" if stage else ""), flush=True)
     finally:
         if ray_temp:
-            import ray
-
-            ray.shutdown()
-            shutil.rmtree(ray_temp, ignore_errors=True)
+            stop_ray(ray_temp)
         shutil.rmtree(folder, ignore_errors=True)
     report(result)
     emit_json(result, args.json)
