@@ -50,10 +50,10 @@ from benchmarks.common import (
     timed,
 )
 from components.data.loader import TensorLoader
+from components.data.spec import DataSpec
 from components.metrics.features import apply_batched
 from components.metrics.fid import fid_numpy
 from components.models import build_model
-from components.models.base import DataSpec
 from components.training.loop import fit
 
 DIFFUSERS = "0.42.1"  # the version verified with this script (2026-12-01, torch 2.13.0+cpu)

@@ -33,11 +33,11 @@ from benchmarks.common import (
     timed,
 )
 from components.data.loader import TensorLoader
+from components.data.spec import DataSpec
 from components.data.synthetic import make_synthetic
 from components.metrics.features import apply_batched
 from components.metrics.fid import fid_numpy
 from components.models import build_model
-from components.models.base import DataSpec
 from components.training.loop import configure_runtime, fit
 
 SPEC = DataSpec(channels=1, height=28, width=28, num_classes=10)

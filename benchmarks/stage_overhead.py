@@ -35,9 +35,9 @@ from benchmarks.common import (
     use_worker_allocator,
     with_settings,
 )
-from benchmarks.train_speed import CPU_STEPS, ProjectRunner, stage_speed, start_ray
+from benchmarks.train_speed import CPU_STEPS, ProjectRunner, stage_speed, start_ray, stop_ray
+from components.data.spec import DataSpec
 from components.data.synthetic import make_synthetic
-from components.models.base import DataSpec
 
 SPEC = DataSpec(channels=1, height=28, width=28, num_classes=10)
 WAYS = ("fit", "job, no Ray", "Ray task", "Ray Train, no MLflow", "Ray Train + MLflow")
@@ -95,10 +95,7 @@ def main() -> None:
             result["families"][family] = bench_family(family, steps, batch, epochs, threads, args.quick, folder)
             print(family, {w: round(r["vs_fit"], 3) for w, r in result["families"][family].items()}, flush=True)
     finally:
-        import ray
-
-        ray.shutdown()
-        shutil.rmtree(ray_temp, ignore_errors=True)
+        stop_ray(ray_temp)
         shutil.rmtree(folder, ignore_errors=True)
     print(f"\nstage_overhead on cpu ({result['cpu']}), batch {batch}, {threads} thread(s), torch {result['torch']}, "
           f"load {result['load_avg_1m']}: images/s (ratio to fit)")

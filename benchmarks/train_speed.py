@@ -47,9 +47,9 @@ from benchmarks.common import (
 )
 from benchmarks.textbook import TextbookRunner
 from components.data.loader import TensorLoader
+from components.data.spec import DataSpec
 from components.data.synthetic import make_synthetic
 from components.models import build_model
-from components.models.base import DataSpec
 from components.training.loop import configure_runtime, fit
 
 #: steps per epoch: 1.5-3 s an epoch on one CPU thread (short epochs, many of them: on a shared
@@ -152,6 +152,14 @@ def start_ray(threads: int, device: torch.device) -> tuple[str, int]:
              logging_level="warning", _node_ip_address="127.0.0.1", _temp_dir=temp_dir)
     worker_threads = ray.get(ray.remote(num_cpus=threads)(_torch_threads).remote())
     return temp_dir, int(worker_threads)
+
+
+def stop_ray(temp_dir: str) -> None:
+    """Shut ``start_ray``'s instance down and remove its temp dir."""
+    import ray
+
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _torch_threads() -> int:
@@ -297,10 +305,7 @@ def main() -> None:
                   + (f"  c {row['c']:.0f}" if stage else ""), flush=True)
     finally:
         if ray_temp:
-            import ray
-
-            ray.shutdown()
-            shutil.rmtree(ray_temp, ignore_errors=True)
+            stop_ray(ray_temp)
         shutil.rmtree(folder, ignore_errors=True)
     report(result)
     emit_json(result, args.json)

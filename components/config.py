@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -27,9 +27,7 @@ from pydantic import (
 )
 
 from components import layout
-from components.models import FAMILIES as _REGISTRY
 
-FAMILIES: tuple[str, ...] = tuple(_REGISTRY)  # the registry's generative families, in its order
 PROFILE_DIR = "profiles"
 #: the sections every profile overlay holds (``{}`` where it changes nothing): DVC tracks each as a
 #: parameter of the stages that read it, so an overlay edit re-runs only those stages
@@ -273,10 +271,14 @@ def unet_levels(size: int) -> int:
     return levels
 
 
+#: one model of ``params.yaml``'s ``train`` mapping; its ``family`` tag picks the section's class
 ModelConfig = Annotated[
     GANConfig | CGANConfig | DCGANConfig | VAEConfig | DDPMConfig,
     Field(discriminator="family"),
 ]
+#: the generative family tags, read off the union (the config imports no models: it is the bottom layer);
+#: tests/test_config.py checks that components.models registers exactly these, in this order
+FAMILIES: tuple[str, ...] = tuple(section.model_fields["family"].default for section in get_args(get_args(ModelConfig)[0]))
 
 
 # --------------------------------------------------------------------------- sample / evaluate
@@ -318,14 +320,21 @@ class EvaluateConfig(StrictModel):
 
 # --------------------------------------------------------------------------- root
 class PipelineConfig(StrictModel):
-    """The whole ``params.yaml``."""
+    """The whole ``params.yaml``.
+
+    ``train`` holds the *models*: one section per generative model to train, keyed by its name
+    (``models/<name>/``, DVC's ``train@<name>``, ``sample@<name>``, ...) and holding its family
+    tag and training settings. The key stays ``train``, though it names models rather than a
+    step: it is every user's params file and every DVC param key (``train.<name>``).
+    """
 
     profile: Literal["default", "smoke", "gpu"] = "default"
     data: DataConfig = Field(default_factory=DataConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     train: dict[str, ModelConfig] = Field(
-        min_length=1, description="one section per model; the keys are the model names DVC's foreach runs"
+        min_length=1, description="the models: one section per model to train (family tag + training "
+        "settings); the keys are the model names DVC's foreach runs"
     )
     sample: SampleConfig = Field(default_factory=SampleConfig)
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)

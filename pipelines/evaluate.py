@@ -25,7 +25,7 @@ from components.distributed.runner import ClusterUnreachable, StorageError, run_
 from components.io import write_json
 from components.metrics.conditional import conditional_accuracy
 from components.metrics.suite import sample_metrics
-from components.registry import register_run
+from components.model_registry import register_run
 from components.training.checkpoint import CHECKPOINT_FILE, model_from_checkpoint
 from pipelines.common import MODEL, StageParser, load_or_exit, parser, run_main
 

@@ -10,8 +10,8 @@ import torch
 from tiny_models import tiny_config
 
 from components.config import model_config_from_dict
+from components.data.spec import DataSpec
 from components.models import FAMILIES, build_model
-from components.models.base import DataSpec
 from components.training.checkpoint import checkpoint_payload, save_checkpoint
 
 #: what the serving tests log: one case of tiny_models.CASES per family, and the conditional DDPM

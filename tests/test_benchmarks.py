@@ -18,9 +18,10 @@ from benchmarks.common import FAMILIES
 from benchmarks.train_speed import fuse_optimizers, parse_candidate
 from components.config import GANConfig
 from components.data.loader import TensorLoader
+from components.data.spec import DataSpec
 from components.distributed.malloc import MALLOC_SETTINGS
 from components.models import build_model
-from components.models.base import DataSpec, TrainableModel
+from components.models.base import TrainableModel
 from components.training.loop import Callback, fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,7 +177,7 @@ def test_chunks_run_fit_in_short_rounds_through_whole_epochs():
     loader = TensorLoader(images, np.zeros(10, np.int64), batch_size=2, seed=3)
     chunks = Chunks(loader, 3)
     seen = [int(b[0][i, 0, 0, 0].add(1).mul(127.5).round()) for _ in range(4) for b in chunks for i in range(2)]
-    epoch = lambda e: (loader.set_epoch(e), [int(i) for i in loader.shard_indices()])[1]
+    epoch = lambda e: (loader.set_epoch(e), [int(i) for i in loader.epoch_indices()])[1]
     assert len(chunks) == 3 and chunks.batch_size == 2
     assert seen[:10] == epoch(0) and seen[10:20] == epoch(1) and seen[20:] == epoch(2)[:4]
 

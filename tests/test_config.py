@@ -10,6 +10,7 @@ import pytest
 import yaml
 from project import run_stage
 
+from components import config, models
 from components.config import (
     OVERLAY_SECTIONS,
     ConfigError,
@@ -18,7 +19,6 @@ from components.config import (
     load_config,
     model_config_from_dict,
 )
-from components.models import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -187,7 +187,14 @@ def test_every_overlay_holds_every_section_and_family(overlay):
     """DVC reads each section (and each family) a stage depends on; a missing key would fail its stage."""
     data = yaml.safe_load(overlay.read_text())
     assert set(data) == set(OVERLAY_SECTIONS)
-    assert set(data["families"]) == set(FAMILIES)
+    assert set(data["families"]) == set(config.FAMILIES)
+
+
+def test_the_config_declares_exactly_the_registered_families():
+    """The config names the families itself (it imports no models): its tags and the classes cannot drift."""
+    assert config.FAMILIES == tuple(models.FAMILIES)
+    assert {f: models.model_class(f).family for f in models.FAMILY_CLASSES} == {f: f for f in models.FAMILY_CLASSES}
+    assert config.ClassifierConfig().family == "classifier" and "classifier" in models.FAMILY_CLASSES
 
 
 def test_a_renamed_key_says_what_it_is_called_now(tmp_path):

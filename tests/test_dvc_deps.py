@@ -3,7 +3,7 @@ reads and writes, derived here from the code itself.
 
 Code: the transitive imports (at any depth of a function, so lazy imports count) of the stage's
 ``pipelines/<stage>.py`` inside ``components/`` and ``pipelines/``, plus the model classes the stage
-builds through the registry (imported by name, so no static walk can see them: ``BUILDS``).
+builds through ``FAMILY_CLASSES`` (imported by name, so no static walk can see them: ``BUILDS``).
 Packages whose ``__init__.py`` is only a docstring run no code and count for nothing.
 Paths: the stage parser's declared inputs and outputs (``pipelines.common.StageParser``).
 """
@@ -25,12 +25,12 @@ import pytest
 import yaml
 
 from components import layout
-from components.models import REGISTRY
+from components.models import FAMILY_CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
 CODE = ("components", "pipelines")
 FAMILY = "${item.family}"
-#: model families each stage builds by name through the registry, beside what it imports
+#: model families each stage builds by name through ``components.models.FAMILY_CLASSES``, beside what it imports
 BUILDS: dict[str, set[str]] = {"fetch": set(), "classifier": {"classifier"}, "train": {FAMILY},
                                "sample": {FAMILY}, "evaluate": {FAMILY, "classifier"}, "report": set()}
 #: listed by every per-model stage, though only GAN subclasses import it: dvc.yaml cannot pick a
@@ -131,7 +131,7 @@ STAGES = stages()
 def test_stage_lists_exactly_the_code_it_runs(name: str, kind: str, stage: dict, subs: dict[str, str]) -> None:
     entry = re.fullmatch(r"python -m (pipelines\.\w+)(?: --model \$\{key\})?", stage["cmd"])
     assert entry, f"{name}: unexpected cmd {stage['cmd']!r}"
-    built = {REGISTRY[substitute(family, subs)][0] for family in BUILDS[kind]}
+    built = {FAMILY_CLASSES[substitute(family, subs)][0] for family in BUILDS[kind]}
     derived = code_closure({entry.group(1), *built})
     listed = set().union(*(expand(substitute(d, subs)) for d in stage["deps"] if d.split("/")[0] in CODE))
     assert not derived - listed, f"{name}: dvc.yaml misses {sorted(derived - listed)}"
@@ -144,8 +144,8 @@ def test_the_one_shared_family_module_is_needed_by_every_family_that_subclasses_
     """The allowance above is no blanket: the module is what the GAN families import, and no other is."""
     needs = {family: {f for f in code_closure({module}) if f.startswith("components/models/")} - {
         f"components/models/{family}.py", "components/models/__init__.py", "components/models/base.py"}
-        for family, (module, _) in REGISTRY.items()}
-    assert needs == {family: ({SHARED_BY_FAMILIES} if family in ("cgan", "dcgan") else set()) for family in REGISTRY}
+        for family, (module, _) in FAMILY_CLASSES.items()}
+    assert needs == {family: ({SHARED_BY_FAMILIES} if family in ("cgan", "dcgan") else set()) for family in FAMILY_CLASSES}
 
 
 @pytest.mark.parametrize(("name", "kind", "stage", "subs"), STAGES, ids=[s[0] for s in STAGES])

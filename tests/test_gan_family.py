@@ -9,12 +9,11 @@ import math
 
 import pytest
 import torch
-from tiny_models import build
+from tiny_models import build, run_steps
 from torch import Tensor
 
 from components.models import FAMILIES as REGISTERED
 from components.models import family_kind, model_class
-from components.models.base import GenerativeModel
 from components.models.dcgan import feature_map_plan
 from components.models.gan import GAN
 
@@ -37,16 +36,6 @@ def blobs(n: int, size: int = 28, num_classes: int = 10, seed: int = 0) -> tuple
     d2 = (axis[None, None, :] - cx[:, None, None]) ** 2 + (axis[None, :, None] - cy[:, None, None]) ** 2
     images = torch.exp(-d2 / (2 * 3.0**2))  # (n, size, size) in [0, 1]
     return (images * 2 - 1)[:, None], labels
-
-
-def train(model: GenerativeModel, images: Tensor, labels: Tensor, steps: int) -> list[dict[str, float]]:
-    """``steps`` train steps cycling over fixed batches; the per-step outputs as floats."""
-    history = []
-    for step in range(steps):
-        i = (step * BATCH) % len(images)
-        out = model.train_step(images[i : i + BATCH], labels[i : i + BATCH])
-        history.append({k: float(v) for k, v in out.items()})
-    return history
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +103,7 @@ def test_losses_finite_and_learning(family: str, data: tuple[Tensor, Tensor]) ->
     fixed = torch.Generator().manual_seed(0)
     real_mean = ((images + 1) * 127.5).mean().item()
     before = abs(model.sample(128, generator=fixed.manual_seed(0)).float().mean().item() - real_mean)
-    history = train(model, images, labels, steps=40)
+    history = run_steps(model, 40, images, labels, bs=BATCH)
     after = abs(model.sample(128, generator=fixed.manual_seed(0)).float().mean().item() - real_mean)
 
     assert all(math.isfinite(v) for h in history for v in h.values())

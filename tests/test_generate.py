@@ -13,7 +13,7 @@ from project import run_stage
 from servers import free_port
 from serving_models import CLASS_NAMES, log_tiny, tiny_checkpoint
 
-from components.registry import register_run
+from components.model_registry import register_run
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from components.config import ClassifierConfig
+from components.data.spec import DataSpec
 from components.metrics.conditional import classifier_accuracy, conditional_accuracy, predict_labels
 from components.metrics.features import apply_batched
 from components.metrics.fid import (
@@ -20,8 +21,8 @@ from components.metrics.fid import (
     kid,
 )
 from components.metrics.precision_recall import knn_radii, precision_recall
-from components.models.base import DataSpec, to_uint8
-from components.models.classifier import Classifier, ClassifierNet, FeatureExtractor, state_checksum
+from components.models.base import state_checksum, to_uint8
+from components.models.classifier import Classifier, ClassifierNet, FeatureExtractor
 
 D = 16  # feature dimension used by the maths tests
 
@@ -273,7 +274,7 @@ def test_feature_extractor_is_frozen_deterministic_snapshot(trained: Classifier)
     first = extractor(images)
     assert first.shape == (40, 16) and first.dtype == torch.float32
     torch.testing.assert_close(extractor(images), first, rtol=0, atol=0)
-    torch.testing.assert_close(first, trained.embed(as_float(images)))
+    torch.testing.assert_close(first, trained.embed_and_predict(as_float(images))[0])
     # a snapshot: training the classifier further changes neither its weights nor its checksum
     checksum = extractor.checksum()
     clone = Classifier(TINY, SPEC)

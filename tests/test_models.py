@@ -13,8 +13,8 @@ import torch
 from tiny_models import CASES, TINY, assert_same_state, build, flat_state, run_steps, tiny_data
 
 from components.config import ClassifierConfig, model_config_from_dict
+from components.data.spec import DataSpec
 from components.models import FAMILIES, family_kind, model_class
-from components.models.base import DataSpec
 
 #: what each kind's train_step returns
 STEP_KEYS = {"gan": {"loss_d", "loss_g", "d_real", "d_fake"}, "vae": {"loss", "recon", "kl"}, "diffusion": {"loss"}}

@@ -5,25 +5,19 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
+from local_jobs import local_session, random_images, vae_job
 
-from components.config import LoadingConfig, VAEConfig
 from components.data.loader import TensorLoader
-from components.distributed.datasets import ArraySource
-from components.distributed.jobs import Tracking, TrainJob
-from components.distributed.session import LocalSession
+from components.distributed.jobs import Tracking
 from components.distributed.train_jobs import train_job
 from components.models import FAMILIES
-from components.models.base import DataSpec
 from components.training import precision
 from components.training.checkpoint import load_checkpoint
 from components.training.loop import configure_runtime, fit
 from components.training.precision import CPU_BF16_ENV, PrecisionError, cpu_has_bf16, resolve_precision
 from tests.tiny_models import assert_same_state, build, flat_state
-
-SPEC = DataSpec()
 
 
 @pytest.mark.parametrize(("native", "want"), [("1", "bf16"), ("0", "fp32")])
@@ -54,27 +48,11 @@ def test_a_bad_override_is_an_error(monkeypatch):
         cpu_has_bf16()
 
 
-def data(n: int = 192, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, size=(n, 1, 28, 28), dtype=np.uint8), rng.integers(0, 10, size=n)
-
-
-def job(tracking: Tracking | None = None, **fields) -> TrainJob:
-    config = VAEConfig(epochs=2, batch_size=64, hidden_dim=8, latent_dim=4, log_every=1, **fields)
-    return TrainJob(name="vae", config=config, data=SPEC, rows=192, loading=LoadingConfig(mode="memory"),
-                    tracking=tracking, grid_seed=0, progress=False)
-
-
-def session(folder) -> LocalSession:
-    images, labels = data()
-    return LocalSession(folder, device="cpu", datasets={"train": ArraySource(images, labels)})
-
-
 def test_explicit_bf16_on_a_cpu_without_it_fails_before_training(monkeypatch, tmp_path):
     monkeypatch.setenv(CPU_BF16_ENV, "0")
-    local = session(tmp_path)
+    local = local_session(tmp_path)
     with pytest.raises(PrecisionError, match="neither AVX512-BF16 nor AMX-BF16"):
-        train_job(job(precision="bf16"), local)
+        train_job(vae_job(precision="bf16"), local)
     assert not any(tmp_path.iterdir())  # not one step, not one checkpoint
 
 
@@ -86,8 +64,8 @@ def test_the_precision_that_ran_is_recorded(monkeypatch, tmp_path, native, want)
     monkeypatch.setenv(CPU_BF16_ENV, native)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_id = tracking.start_run(uri, "e", "vae", {"stage": "train@vae"}, {"config.precision": "auto"})
-    local = session(tmp_path / "ckpt")
-    train_job(job(tracking=Tracking(uri, run_id, system_metrics=False)), local)
+    local = local_session(tmp_path / "ckpt")
+    train_job(vae_job(tracking=Tracking(uri, run_id, system_metrics=False)), local)
     with local.latest_checkpoint() as folder:
         payload = load_checkpoint(folder)
         worker = json.loads((folder / "worker-000.json").read_text())
@@ -98,7 +76,7 @@ def test_the_precision_that_ran_is_recorded(monkeypatch, tmp_path, native, want)
 
 
 def bf16_fit(family: str) -> torch.nn.Module:
-    images, labels = data(64)
+    images, labels = random_images(64)
     model = build(family)
     configure_runtime(model, "bf16")
     fit(model, TensorLoader(images, labels, 16, seed=3), epochs=2, seed=3, log_every=4)
@@ -112,7 +90,7 @@ def test_bf16_training_is_deterministic(monkeypatch, family):
     a, b = bf16_fit(family), bf16_fit(family)
     assert a.precision == "bf16" and a.step == 8
     assert_same_state(a, b)
-    images, labels = data(64)
+    images, labels = random_images(64)
     fp32 = build(family)
     fit(fp32, TensorLoader(images, labels, 16, seed=3), epochs=2, seed=3, log_every=4)
     differs = [k for k, v in flat_state(fp32).items() if not torch.equal(v, flat_state(a)[k])]

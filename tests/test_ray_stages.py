@@ -179,7 +179,8 @@ def test_reference_features_are_the_saved_checkpoints(trained, ray_address, work
     reference = np.load(trained / folder / "reference.npz")
     test = load_split(trained / "data" / "prepared", "test")
     images = torch.as_tensor(test.images[: len(reference["test_features"])]).float().div(127.5).sub(1.0)
-    again = torch.cat([classifier.embed(images[i : i + 100]) for i in range(0, len(images), 100)]).double().numpy()
+    again = torch.cat([classifier.embed_and_predict(images[i : i + 100])[0]
+                       for i in range(0, len(images), 100)]).double().numpy()
     np.testing.assert_allclose(reference["test_features"], again, rtol=0, atol=1e-5)
 
 

@@ -18,7 +18,7 @@ import pytest
 from servers import find_tool, free_port, stop_process, wait_until
 from serving_models import log_tiny
 
-from components.registry import register_run
+from components.model_registry import register_run
 from components.serving.generator import decode_images
 
 pytestmark = pytest.mark.slow

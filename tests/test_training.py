@@ -10,18 +10,24 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from local_jobs import local_session, random_images, vae_job
 
-from components.config import GANConfig, LoadingConfig, VAEConfig
+from components.config import GANConfig, VAEConfig
 from components.data.loader import TensorLoader
+from components.data.spec import DataSpec
 from components.distributed.datasets import ArraySource
 from components.distributed.jobs import Tracking, TrainJob
 from components.distributed.session import LocalSession
-from components.distributed.train_jobs import FAULT_MARKER_ENV, FAULT_STEP_ENV, FaultInjection, train_job
+from components.distributed.train_jobs import (
+    FAULT_MARKER_ENV,
+    FAULT_STEP_ENV,
+    HISTORY_FILE,
+    FaultInjection,
+    train_job,
+)
 from components.models import build_model
-from components.models.base import DataSpec
 from components.models.vae import VAE
 from components.training.checkpoint import (
     CHECKPOINT_FILE,
@@ -45,31 +51,17 @@ SPEC = DataSpec()
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def data(n: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, size=(n, 1, 28, 28), dtype=np.uint8), rng.integers(0, 10, size=n)
-
-
-def test_loader_shards_are_disjoint_cover_and_reshuffle():
-    images, labels = data(100)
-    shards = [TensorLoader(images, labels, batch_size=10, seed=3, rank=r, world_size=2).shard_indices()
-              for r in range(2)]
-    assert len(shards[0]) == len(shards[1]) == 50
-    assert set(shards[0].tolist()).isdisjoint(shards[1].tolist())
-    assert set(shards[0].tolist()) | set(shards[1].tolist()) == set(range(100))
+def test_loader_covers_its_rows_and_reshuffles_every_epoch():
+    images, labels = random_images(100)
     loader = TensorLoader(images, labels, batch_size=10, seed=3)
-    first = loader.shard_indices()
+    first = loader.epoch_indices()
+    assert sorted(first.tolist()) == list(range(100))
+    assert torch.equal(first, TensorLoader(images, labels, batch_size=10, seed=3).epoch_indices())  # seeded
     loader.set_epoch(1)
-    assert not torch.equal(first, loader.shard_indices())
+    assert not torch.equal(first, loader.epoch_indices())
     batch, batch_labels = next(iter(loader))
     assert batch.dtype == torch.float32 and batch.shape == (10, 1, 28, 28)
     assert batch.min() >= -1 and batch.max() <= 1 and batch_labels.dtype == torch.int64
-
-
-def test_uneven_shards_are_padded_so_ranks_run_equal_steps():
-    images, labels = data(101)
-    loaders = [TensorLoader(images, labels, batch_size=10, rank=r, world_size=2) for r in range(2)]
-    assert [len(list(loader)) for loader in loaders] == [5, 5]
 
 
 class EveryEpochCheckpoint(Callback):
@@ -93,7 +85,7 @@ class Poison(Callback):
 
 
 def test_nan_guard_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path):
-    images, labels = data()
+    images, labels = random_images(256)
     model = build_model(GANConfig(epochs=3, batch_size=64, hidden_dim=16, latent_dim=8), SPEC)
     loader = TensorLoader(images, labels, batch_size=64)
     saver = EveryEpochCheckpoint(tmp_path)
@@ -105,24 +97,21 @@ def test_nan_guard_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(t
     assert all(torch.isfinite(p).all() for net in restored.networks().values() for p in net.parameters())
 
 
-def job(epochs: int, tracking: Tracking | None = None) -> TrainJob:
-    config = VAEConfig(epochs=epochs, batch_size=64, hidden_dim=8, latent_dim=4, log_every=1)
-    return TrainJob(name="vae", config=config, data=SPEC, rows=192, loading=LoadingConfig(mode="memory"),
-                    tracking=tracking, grid_seed=0, progress=False)
-
-
-def session(folder) -> LocalSession:
-    images, labels = data(192)
-    return LocalSession(folder, device="cpu", datasets={"train": ArraySource(images, labels)})
+def epochs_in_history(done: LocalSession) -> list[tuple[int, int]]:
+    """``(epoch, step)`` of each finished epoch in the newest checkpoint's history.json (what the train
+    stage reads): a resumed run that re-ran or skipped an epoch would show it."""
+    with done.latest_checkpoint() as folder:
+        history = json.loads((folder / HISTORY_FILE).read_text())
+    return [(h["epoch"], h["step"]) for h in history if "epoch" in h]
 
 
 def test_plain_train_job_resumes_to_the_uninterrupted_weights(tmp_path):
-    uninterrupted = session(tmp_path / "a")
-    train_job(job(epochs=3), uninterrupted)
-    interrupted = session(tmp_path / "b")
-    train_job(job(epochs=2), interrupted)  # stops after epoch 2, as if killed there
-    history = train_job(job(epochs=3), interrupted)  # re-run: resumes from the epoch-2 checkpoint
-    assert [s.epoch for s in history] == [2]
+    uninterrupted = local_session(tmp_path / "a")
+    train_job(vae_job(epochs=3), uninterrupted)
+    interrupted = local_session(tmp_path / "b")
+    train_job(vae_job(epochs=2), interrupted)  # stops after epoch 2, as if killed there
+    train_job(vae_job(epochs=3), interrupted)  # re-run: resumes from the epoch-2 checkpoint
+    assert epochs_in_history(interrupted) == epochs_in_history(uninterrupted) == [(1, 3), (2, 6), (3, 9)]
     with uninterrupted.latest_checkpoint() as a, interrupted.latest_checkpoint() as b:
         want, got = model_from_checkpoint(load_checkpoint(a)), model_from_checkpoint(load_checkpoint(b))
     assert got.step == want.step == 9
@@ -163,7 +152,7 @@ class StoreAtCheckpoints(LocalSession):
     """Records, at every reported checkpoint, the epochs the MLflow store already holds."""
 
     def __init__(self, folder, uri: str, run_id: str):
-        images, labels = data(192)
+        images, labels = random_images(192)
         super().__init__(folder, device="cpu", datasets={"train": ArraySource(images, labels)})
         self.uri, self.run_id, self.stored_at_checkpoint = uri, run_id, []
 
@@ -184,13 +173,13 @@ def test_what_was_logged_before_a_checkpoint_is_stored_before_it_is_reported(tmp
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_id = tracking.start_run(uri, "e", "vae", {"stage": "train@vae"}, {"p": 1})
     on_store = StoreAtCheckpoints(tmp_path / "ckpt", uri, run_id)
-    train_job(job(epochs=3, tracking=Tracking(uri, run_id, system_metrics=False)), on_store)
+    train_job(vae_job(epochs=3, tracking=Tracking(uri, run_id, system_metrics=False)), on_store)
     assert on_store.stored_at_checkpoint == [(1, [1]), (2, [1, 2]), (3, [1, 2, 3])]
 
 
 def test_same_seed_same_weights_different_seed_different():
     def train(seed: int) -> str:
-        images, labels = data()
+        images, labels = random_images(256)
         model = build_model(GANConfig(seed=seed, batch_size=64, hidden_dim=16, latent_dim=8), SPEC)
         fit(model, TensorLoader(images, labels, 64, seed=seed), epochs=2, seed=seed, log_every=100)
         return parameter_digest(model)
@@ -200,7 +189,7 @@ def test_same_seed_same_weights_different_seed_different():
 
 
 def test_loop_reports_finite_epoch_losses_and_speed():
-    images, labels = data()
+    images, labels = random_images(256)
     model = build_model(VAEConfig(batch_size=64, hidden_dim=8, latent_dim=4), SPEC)
     history = fit(model, TensorLoader(images, labels, 64), epochs=2, seed=0, log_every=2)
     assert [s.steps for s in history] == [4, 4]
@@ -217,7 +206,7 @@ def test_sampling_a_loaded_model_builds_no_optimiser():
 import sys, torch
 from components.config import GANConfig
 from components.models import build_model
-from components.models.base import DataSpec
+from components.data.spec import DataSpec
 from components.training.checkpoint import checkpoint_payload, model_from_checkpoint
 spec = DataSpec(channels=1, height=28, width=28, num_classes=10)
 trained = build_model(GANConfig(hidden_dim=8, latent_dim=4), spec)
@@ -243,11 +232,11 @@ print("ok")
 def steps_job(steps: int, **fields) -> TrainJob:
     """``job`` trained by ``steps`` (192 rows at batch 64: 3 steps an epoch)."""
     config = VAEConfig(steps=steps, batch_size=64, hidden_dim=8, latent_dim=4, log_every=1, **fields)
-    return dataclasses.replace(job(epochs=1), config=config)
+    return dataclasses.replace(vae_job(epochs=1), config=config)
 
 
 def test_fit_stops_at_max_steps_mid_epoch():
-    images, labels = data()  # 256 rows at batch 64: 4 steps an epoch
+    images, labels = random_images(256)  # 256 rows at batch 64: 4 steps an epoch
     model = build_model(VAEConfig(steps=10, batch_size=64, hidden_dim=8, latent_dim=4), SPEC)
     loader = TensorLoader(images, labels, 64)
     length = run_length(model.config.epochs, model.config.steps, len(loader))
@@ -258,15 +247,15 @@ def test_fit_stops_at_max_steps_mid_epoch():
 
 
 def test_a_run_by_steps_resumes_to_the_same_step_and_weights(tmp_path, monkeypatch):
-    uninterrupted = session(tmp_path / "a")
+    uninterrupted = local_session(tmp_path / "a")
     train_job(steps_job(8), uninterrupted)
     monkeypatch.setenv(FAULT_STEP_ENV, "7")  # in epoch 3 (steps 7-9), after the epoch-2 checkpoint at step 6
     monkeypatch.setenv(FAULT_MARKER_ENV, str(tmp_path / "fired"))
-    interrupted = session(tmp_path / "b")
+    interrupted = local_session(tmp_path / "b")
     with pytest.raises(RuntimeError, match="injected fault at step 7"):
         train_job(steps_job(8), interrupted)
-    history = train_job(steps_job(8), interrupted)  # the same job again: resumes at epoch 2, step 6
-    assert [(s.epoch, s.steps) for s in history] == [(2, 2)]  # the last epoch, partial
+    train_job(steps_job(8), interrupted)  # the same job again: resumes at epoch 2, step 6
+    assert epochs_in_history(interrupted) == epochs_in_history(uninterrupted) == [(1, 3), (2, 6), (3, 8)]  # last partial
     with uninterrupted.latest_checkpoint() as a, interrupted.latest_checkpoint() as b:
         want, got = load_checkpoint(a), load_checkpoint(b)
         assert json.loads((b / "worker-000.json").read_text())["step"] == 8
@@ -275,13 +264,13 @@ def test_a_run_by_steps_resumes_to_the_same_step_and_weights(tmp_path, monkeypat
 
 
 def test_every_rank_stops_at_the_same_step():
-    """DDP: per-rank step counts over loaders of equal length (uneven shards are padded), so no rank
-    is left waiting at an all-reduce."""
-    images, labels = data(101)  # 51 and 50 rows: 5 batches of 10 on each rank
+    """DDP: per-rank step counts over loaders of equal length (Ray Data's split is even up to a row),
+    so no rank is left waiting at an all-reduce."""
+    images, labels = random_images(101)  # two ranks' shares, 51 and 50 rows: 5 batches of 10 on each
     steps = []
-    for rank in range(2):
+    for rank, share in enumerate((slice(0, 51), slice(51, 101))):
         model = build_model(VAEConfig(steps=7, batch_size=10, hidden_dim=8, latent_dim=4), SPEC)
-        loader = TensorLoader(images, labels, 10, rank=rank, world_size=2)
+        loader = TensorLoader(images[share], labels[share], 10, seed=rank)
         length = run_length(None, 7, len(loader))
         fit(model, loader, epochs=length.epochs, seed=0, rank=rank, log_every=100, max_steps=length.steps)
         steps.append(model.step)
@@ -290,12 +279,12 @@ def test_every_rank_stops_at_the_same_step():
 
 def test_a_short_run_warns_once_at_the_start_and_a_long_one_does_not(tmp_path, monkeypatch):
     with pytest.warns(ShortRunWarning, match=r"vae: 4 optimiser steps per worker \(2 epochs\), fewer than the ~500") as got:
-        train_job(steps_job(4), session(tmp_path / "short"))
+        train_job(steps_job(4), local_session(tmp_path / "short"))
     assert len([w for w in got if w.category is ShortRunWarning]) == 1
     monkeypatch.setattr(VAE, "min_useful_steps", 4)  # 4 steps are enough now: the same path stays quiet
     with warnings.catch_warnings():
         warnings.simplefilter("error", ShortRunWarning)
-        train_job(steps_job(4), session(tmp_path / "long"))
+        train_job(steps_job(4), local_session(tmp_path / "long"))
 
 
 @pytest.mark.parametrize(("family", "steps", "warns"), [

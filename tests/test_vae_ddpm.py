@@ -15,8 +15,8 @@ import torch
 from tiny_models import CASES, build, run_steps, tiny_data
 from torch import Tensor
 
+from components.data.spec import DataSpec
 from components.models import family_kind
-from components.models.base import DataSpec
 from components.models.ddpm import NoiseSchedule, UNet
 from components.models.vae import kl_to_standard_normal
 

@@ -1,6 +1,6 @@
 """Tiny models of every registered family, and the data and helpers the model tests share.
 
-``CASES`` holds one case per family of ``components.models.FAMILIES`` (the registry) plus the
+``CASES`` holds one case per family of ``components.models.FAMILIES`` plus the
 variants whose code paths differ (the VAE's MLP, the conditional DDPM).
 """
 
@@ -10,8 +10,9 @@ import torch
 from torch import Tensor
 
 from components.config import model_config_from_dict
+from components.data.spec import DataSpec
 from components.models import FAMILIES, model_class
-from components.models.base import DataSpec, GenerativeModel
+from components.models.base import GenerativeModel
 
 #: per family: small enough that a test runs in about a second on one core, complete enough to
 #: run every code path (DDPM: attention and three levels, 28 -> 14 -> 7)

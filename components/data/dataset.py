@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from components.data.shards import FORMAT, REFETCH, ShardError, read_split
-from components.models.base import DataSpec
+from components.data.spec import DataSpec
 
 
 class DataError(Exception):

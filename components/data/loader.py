@@ -2,9 +2,9 @@
 the device; ``StreamLoader`` turns a stream of uint8 batches (Ray Data) into the same batches.
 
 TensorLoader: no per-sample Python, no worker processes: each batch is an index into one tensor,
-converted to float [-1, 1] on the device. It shards like ``DistributedSampler``: each epoch
-one permutation from ``(seed, epoch)``, padded to a multiple of the world size, rank ``r``
-takes every ``world_size``-th index, so every rank runs the same number of steps.
+converted to float [-1, 1] on the device, in one permutation per epoch from ``(seed, epoch)``.
+It holds one rank's share: Ray Data splits the data over the ranks evenly
+(``components/distributed/datasets.py``), so every rank runs the same number of steps.
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ class TensorLoader:
         batch_size: per-worker batch size.
         device: where the data lives and batches are made.
         shuffle: reshuffle every epoch (call ``set_epoch``).
-        seed: shuffle seed, shared by all ranks so their shards are disjoint.
-        rank, world_size: this worker's shard.
+        seed: shuffle seed (the train job gives each rank its own: ``seed + rank``).
         drop_last: drop the last incomplete batch (keeps batch norm and DDP steps even).
     """
 
@@ -38,8 +37,6 @@ class TensorLoader:
         device: torch.device | str = "cpu",
         shuffle: bool = True,
         seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
         drop_last: bool = True,
     ):
         self.device = torch.device(device)
@@ -51,14 +48,12 @@ class TensorLoader:
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
         self.drop_last = drop_last
         self.epoch = 0
-        per_rank = -(-len(self.images) // world_size)  # ceil
-        self.num_batches = per_rank // batch_size if drop_last else -(-per_rank // batch_size)
+        n = len(self.images)
+        self.num_batches = n // batch_size if drop_last else -(-n // batch_size)
         if self.num_batches == 0:
-            raise ValueError(f"{len(self.images)} images cannot fill one batch of {batch_size} on {world_size} workers")
+            raise ValueError(f"{n} images cannot fill one batch of {batch_size}")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -66,21 +61,15 @@ class TensorLoader:
     def __len__(self) -> int:
         return self.num_batches
 
-    def shard_indices(self) -> Tensor:
-        """This rank's indices for the current epoch (on the CPU)."""
+    def epoch_indices(self) -> Tensor:
+        """The order of the rows in the current epoch (on the CPU)."""
         n = len(self.images)
-        if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
-            order = torch.randperm(n, generator=gen)
-        else:
-            order = torch.arange(n)
-        total = -(-n // self.world_size) * self.world_size
-        if total > n:  # pad by wrapping, as DistributedSampler does
-            order = torch.cat([order, order[: total - n]])
-        return order[self.rank :: self.world_size]
+        if not self.shuffle:
+            return torch.arange(n)
+        return torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 7919 + self.epoch))
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        index = self.shard_indices().to(self.device)
+        index = self.epoch_indices().to(self.device)
         for b in range(self.num_batches):
             idx = index[b * self.batch_size : (b + 1) * self.batch_size]
             # index_select, not images[idx]: the same rows, ~3x cheaper on the CPU (advanced

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components.config import LoadingConfig, PipelineConfig, TrainBase
-from components.models.base import DataSpec
+from components.data.spec import DataSpec
 from components.training.checkpoint import CHECKPOINT_FILE
 
 

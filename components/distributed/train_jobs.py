@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from components.data.loader import StreamLoader, TensorLoader
+from components.data.spec import DataSpec
 from components.distributed.inference_jobs import embed_sets
 from components.distributed.jobs import ClassifierJob, TrainJob
 from components.distributed.session import Session
 from components.models import build_model
-from components.models.base import DataSpec, TrainableModel
+from components.models.base import TrainableModel
 from components.training.checkpoint import (
     CHECKPOINT_FILE,
     checkpoint_payload,
@@ -100,16 +101,16 @@ class FaultInjection(Callback):
             raise RuntimeError(f"injected fault at step {step}")
 
 
-def train_job(job: TrainJob, session: Session) -> list[EpochStats]:
+def train_job(job: TrainJob, session: Session) -> None:
     """Train one model: resume from the session's latest checkpoint, wrap for DDP, run ``fit``.
 
-    Returns:
-        The stats of the epochs this call ran (those after the checkpoint it resumed from).
+    What it leaves is in the checkpoints it reports: ``checkpoint.pt``, ``history.json`` (every
+    logged loss and epoch, the resumed ones included) and one ``worker-<rank>.json`` per rank.
     """
-    return _train(job, session)[1]
+    _train(job, session)
 
 
-def _train(job: TrainJob, session: Session) -> tuple[TrainableModel, list[EpochStats], RunLength]:
+def _train(job: TrainJob, session: Session) -> tuple[TrainableModel, RunLength]:
     cfg = job.config
     model = build_model(cfg, job.data, session.device)
     start_epoch = 0
@@ -147,10 +148,9 @@ def _train(job: TrainJob, session: Session) -> tuple[TrainableModel, list[EpochS
     callbacks.append(ReportCallback(session, job.name, cfg.checkpoint_every, length.epochs, history,
                                     before_checkpoint=logger.flush if logger is not None else None))
     try:
-        stats = fit(model, loader, epochs=length.epochs, seed=cfg.seed, start_epoch=start_epoch, rank=session.rank,
-                    log_every=cfg.log_every, channels_last=cfg.channels_last, max_steps=cfg.steps,
-                    callbacks=callbacks)
-        return model, stats, length
+        fit(model, loader, epochs=length.epochs, seed=cfg.seed, start_epoch=start_epoch, rank=session.rank,
+            log_every=cfg.log_every, channels_last=cfg.channels_last, max_steps=cfg.steps, callbacks=callbacks)
+        return model, length
     finally:
         if monitor is not None:
             monitor.finish()
@@ -187,7 +187,7 @@ def classifier_job(job: ClassifierJob, session: Session) -> None:
     ``train_job`` and ``features_job`` would have written them. Every rank embeds with rank 0's
     state, the one saved: under DDP each rank's BatchNorm running statistics come from its own shard.
     """
-    model, _, length = _train(job.train, session)
+    model, length = _train(job.train, session)
     for network in model.networks().values():
         session.broadcast(network)
     with tempfile.TemporaryDirectory() as folder:

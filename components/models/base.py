@@ -8,29 +8,14 @@ optimisers, EMA, step, RNG), which is what exact resume needs.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+import hashlib
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
-
-@dataclass(frozen=True)
-class DataSpec:
-    """What a model needs to know about its data: image shape and number of classes."""
-
-    channels: int = 1
-    height: int = 28
-    width: int = 28
-    num_classes: int = 10
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (self.channels, self.height, self.width)
-
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
+from components.data.spec import DataSpec
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -47,6 +32,28 @@ def unwrap(module: nn.Module) -> nn.Module:
 def to_uint8(images: Tensor) -> Tensor:
     """Map model output in [-1, 1] to uint8 pixels in [0, 255]. ``(B, C, H, W)`` in and out."""
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def state_checksum(state_dict: Mapping[str, Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of the tensors in sorted key order; 16 hex chars.
+
+    The project's one weights hash: the classifier's identity (``extractor_checksum``) and the
+    per-rank digest that checks DDP kept the ranks equal (``checkpoint.parameter_digest``).
+
+    Args:
+        state_dict: name -> tensor, e.g. a network's ``state_dict()`` (DDP/compile prefixes
+            change the result: pass the unwrapped network's).
+
+    Returns:
+        The first 16 hex digits of the digest.
+    """
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        # view as bytes: numpy has no bfloat16, and this works for every dtype.
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def rank_seed(seed: int, rank: int, epoch: int) -> int:

@@ -10,8 +10,6 @@ extractors are not comparable.
 from __future__ import annotations
 
 import copy
-import hashlib
-from collections.abc import Mapping
 from typing import ClassVar
 
 import torch
@@ -19,7 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from components.config import ClassifierConfig
-from components.models.base import DataSpec, TrainableModel, unwrap
+from components.data.spec import DataSpec
+from components.models.base import TrainableModel, state_checksum, unwrap
 
 
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -110,25 +109,6 @@ class FeatureExtractor(nn.Module):
         return state_checksum(self.net.state_dict())
 
 
-def state_checksum(state_dict: Mapping[str, Tensor]) -> str:
-    """SHA-256 over names, dtypes, shapes and bytes of the tensors in sorted key order; 16 hex chars.
-
-    Args:
-        state_dict: a network's ``state_dict()`` (DDP/compile prefixes change the result:
-            pass the unwrapped network's).
-
-    Returns:
-        The first 16 hex digits of the digest.
-    """
-    digest = hashlib.sha256()
-    for key in sorted(state_dict):
-        tensor = state_dict[key].detach().cpu().contiguous()
-        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        # view as bytes: numpy has no bfloat16, and this works for every dtype.
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 class Classifier(TrainableModel):
     """Cross-entropy training of ``ClassifierNet`` with Adam(W) at a constant learning rate.
 
@@ -173,13 +153,6 @@ class Classifier(TrainableModel):
         self.step += 1
         acc = (logits.detach().argmax(dim=1) == labels).float().mean()
         return {"loss": loss.detach(), "acc": acc}
-
-    @torch.no_grad()
-    def embed(self, images: Tensor) -> Tensor:
-        """``(B, C, H, W)`` float in [-1, 1] -> ``(B, feature_dim)`` embedding, in eval mode."""
-        net = unwrap(self.net)
-        net.eval()
-        return net.embed(images)
 
     @torch.no_grad()
     def embed_and_predict(self, images: Tensor) -> tuple[Tensor, Tensor]:

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from components.models.base import DataSpec, GenerativeModel, to_uint8
+from components.data.spec import DataSpec
+from components.models.base import GenerativeModel, to_uint8
 
 if TYPE_CHECKING:
     from components.config import DDPMConfig

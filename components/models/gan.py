@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from components.config import GANConfig
-from components.models.base import DataSpec, GenerativeModel, to_uint8
+from components.data.spec import DataSpec
+from components.models.base import GenerativeModel, to_uint8
 
 
 def generator_layers(in_dim: int, hidden_dim: int, out_dim: int) -> list[nn.Module]:

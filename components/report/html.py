@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from matplotlib.axis import Axis
 
 PALETTE = ("#d62728", "#ff7f0e", "#8c564b", "#1f77b4", "#9467bd", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
-FAMILY_COLOURS = dict(zip(FAMILIES, PALETTE))  # a colour per registered family, in the registry's order
+FAMILY_COLOURS = dict(zip(FAMILIES, PALETTE))  # a colour per registered family, in FAMILIES' order
 FLOOR_COLOUR = "#2a9d4b"
 
 

@@ -12,8 +12,9 @@ from typing import Any
 import torch
 
 from components.config import model_config_from_dict
+from components.data.spec import DataSpec
 from components.io import atomic_path
-from components.models.base import DataSpec, TrainableModel
+from components.models.base import TrainableModel, state_checksum
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT_VERSION = 1
@@ -35,19 +36,13 @@ def checkpoint_payload(model: TrainableModel, *, name: str, epoch: int, extra: d
 
 
 def parameter_digest(model: TrainableModel) -> str:
-    """SHA-256 (16 hex chars) over every network's parameters, in name order.
+    """``state_checksum`` (16 hex chars) of every network's parameters, named ``<network>.<parameter>``.
 
     Buffers are left out on purpose: under DDP each rank updates BatchNorm running statistics
     from its own shard after rank 0's copy is broadcast, so only the parameters must agree.
     """
-    import hashlib
-
-    digest = hashlib.sha256()
-    for net_name, net in sorted(model.networks().items()):
-        for key, param in sorted(net.named_parameters()):
-            digest.update(f"{net_name}.{key}".encode())
-            digest.update(param.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return state_checksum({f"{net_name}.{key}": param for net_name, net in model.networks().items()
+                           for key, param in net.named_parameters()})
 
 
 def save_checkpoint(path: str | Path, payload: dict) -> Path:

@@ -85,14 +85,6 @@ def update_champion(uri: str, name: str, extractor_checksum: str) -> int | None:
     return best[1]
 
 
-def champion_version(uri: str, name: str) -> int | None:
-    """The version ``champion`` points to, or None when there is no such alias."""
-    try:
-        return int(client(uri).get_model_version_by_alias(name, CHAMPION).version)
-    except Exception:  # noqa: BLE001 - no alias (or no model) yet
-        return None
-
-
 def _fid(tags: dict[str, str]) -> float | None:
     try:
         fid = float(tags["eval/fid"])
@@ -111,7 +103,7 @@ def _create_version(c: Any, name: str, run_id: str, model_uri: str) -> int:
 
     try:
         c.create_registered_model(name, description="Generator pyfunc per evaluated run; alias champion = best FID "
-                                                    "under the current classifier (components/registry.py).")
+                                                    "under the current classifier (components/model_registry.py).")
     except MlflowException as exc:
         if "already exists" not in str(exc).lower() and exc.error_code not in ("RESOURCE_ALREADY_EXISTS",
                                                                                "ALREADY_EXISTS"):
