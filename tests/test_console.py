@@ -32,9 +32,14 @@ def test_what_reaches_the_terminal(process: str, line: str, want: bool) -> None:
     assert shown(process, line) is want
 
 
-def test_a_progress_line_shows_its_last_redraw() -> None:
+def test_a_progress_line_shows_its_last_redraw_without_what_ray_wrote_after_it() -> None:
     assert last_redraw("\rtrain gan:  12%| 4/32\rtrain gan:  50%| 16/32\r") == "train gan:  50%| 16/32"
     assert last_redraw("plain line") == "plain line"
+    printed: list[dict] = []
+    StreamRouter(io.StringIO(), printed.append)(batch(
+        "RayTrainWorker", "\rtrain dcgan:  50%| 936/1872 [01:14<01:13]    Checkpoint successfully created at: /tmp/c",
+        "Wrapping provided model in DistributedDataParallel."))
+    assert printed[0]["lines"] == ["train dcgan:  50%| 936/1872 [01:14<01:13]"]
 
 
 def batch(process: str, *lines: str, pid: int = 7) -> dict:

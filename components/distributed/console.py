@@ -28,8 +28,8 @@ VERBOSE_ENV = "GENMODELS_VERBOSE"
 TRAIN_WORKER = "RayTrainWorker"
 #: lines of a training worker that are Ray's or MLflow's routine, not the job's: log file only
 ROUTINE = re.compile(
-    r"^(Setting up process group for|Checkpoint successfully created at|Reporting training result"
-    r"|\d{4}/\d\d/\d\d \d\d:\d\d:\d\d INFO )"
+    r"(Setting up process group for|Wrapping provided model in|Checkpoint successfully created at"
+    r"|Reporting training result|\d{4}/\d\d/\d\d \d\d:\d\d:\d\d INFO )"
 )
 #: a line from any process that reports trouble: shown whatever process wrote it
 ALARM = re.compile(r"Traceback \(most recent call last\)|\b\w*(Error|Exception|Warning)\b|\b(ERROR|WARNING|CRITICAL)\b")
@@ -48,6 +48,13 @@ def shown(process: str, line: str) -> bool:
     if ALARM.search(line):
         return True
     return process == TRAIN_WORKER and not ROUTINE.match(line)
+
+
+def without_routine(line: str) -> str:
+    """A progress bar's redraw ends without a newline, so a routine line written next lands on the
+    same streamed line (``train gan: 50%|... Checkpoint successfully created at: ...``): cut it off."""
+    found = ROUTINE.search(line)
+    return line[:found.start()].rstrip() if found else line
 
 
 def last_redraw(line: str) -> str:
@@ -87,7 +94,7 @@ class StreamRouter:
                 if self.show_all or key in self.in_traceback:
                     keep.append(line)
                 elif shown(process, line):
-                    keep.append(last_redraw(line))
+                    keep.append(without_routine(last_redraw(line)))
             self.log.flush()
         if keep:
             self.printer({**batch, "lines": keep})
