@@ -16,6 +16,7 @@ import torch
 from components.distributed.jobs import FeaturesJob, SampleJob
 from components.distributed.session import Session
 from components.models.base import GenerativeModel, TrainableModel
+from components.models.sampling import draw_balanced
 
 
 def chunk_ranges(total: int, chunk: int) -> list[tuple[int, int]]:
@@ -67,7 +68,7 @@ def sample_job(job: SampleJob, session: Session) -> None:
 
     Chunk ``j`` of a set goes to worker ``j % world_size`` and draws from ``chunk_seed(seed, j)``,
     so the output does not depend on the worker count. Labels are spread evenly over the
-    classes (``i % K``): conditional models are asked for each class equally.
+    classes (``draw_balanced``: ``i % K``): conditional models are asked for each class equally.
     """
     from tqdm.auto import tqdm
 
@@ -81,9 +82,7 @@ def sample_job(job: SampleJob, session: Session) -> None:
             chunks = chunk_ranges(spec.num_samples, job.batch_size)
             mine = [(j, r) for j, r in enumerate(chunks) if j % session.world_size == session.rank]
             for j, (start, stop) in tqdm(mine, desc=f"sample {job.name}/{set_name}", disable=session.rank != 0):
-                labels = torch.arange(start, stop, device=session.device) % model.spec.num_classes
-                gen = torch.Generator(device=session.device).manual_seed(chunk_seed(job.seed + set_index, j))
-                images = model.sample(stop - start, labels=labels if model.is_conditional else None, generator=gen)
+                images, labels = draw_balanced(model, stop - start, chunk_seed(job.seed + set_index, j), start)
                 _save_array_chunk(out, f"{j:06d}", images=images.cpu().numpy(), labels=labels.cpu().numpy())
         session.send_results(Path(folder))
 

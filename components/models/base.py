@@ -10,10 +10,13 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from components.models.sampling import SamplingOption
 
 
 @dataclass(frozen=True)
@@ -207,6 +210,12 @@ class GenerativeModel(TrainableModel):
 
     kind: ClassVar[Literal["gan", "vae", "diffusion"]]
     conditional: ClassVar[bool] = False
+    #: ``sample(labels=None)`` draws from the unconditional distribution (unconditional families,
+    #: DDPM's null class); False where a conditional family has no such class (CGAN), so a request
+    #: without labels gets balanced ones (``components.models.sampling.balanced_labels``)
+    samples_unlabelled: ClassVar[bool] = True
+    #: ``sample`` takes ``progress=True`` and shows its own bar (over DDPM's denoising steps)
+    sample_progress: ClassVar[bool] = False
 
     @property
     def is_conditional(self) -> bool:
@@ -224,6 +233,11 @@ class GenerativeModel(TrainableModel):
         """
         del images, labels, generator
         return {}
+
+    def sampling_options(self) -> tuple[SamplingOption, ...]:
+        """The options ``sample`` takes beyond ``(n, labels, generator)``, defaults from the config; none by
+        default. Serving offers exactly these (``components.serving``), so it never asks the family."""
+        return ()
 
     @abc.abstractmethod
     def sample(self, n: int, labels: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:

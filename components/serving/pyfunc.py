@@ -87,11 +87,7 @@ def signature_for(model: Any) -> Any:
     inputs = Schema([ColSpec("long", "num_images"), ColSpec(AnyType(), "label", required=False)])
     outputs = Schema([ColSpec("long", "request"), ColSpec("long", "label"), ColSpec("string", "image")])
     params = [ParamSpec("seed", "long", 0)]
-    if model.kind == "diffusion":
-        cfg = model.config
-        params += [ParamSpec("sampler", "string", cfg.sampler), ParamSpec("steps", "long", cfg.sample_steps)]
-        if model.is_conditional:
-            params.append(ParamSpec("guidance_scale", "double", float(cfg.guidance_scale)))
+    params += [ParamSpec(option.name, option.type, option.default) for option in model.sampling_options()]
     return ModelSignature(inputs=inputs, outputs=outputs, params=ParamSchema(params))
 
 
