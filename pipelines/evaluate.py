@@ -14,23 +14,20 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from components import layout, tracking
-from components.data.dataset import DataError, Split, load_split
+from components.data.dataset import DataError, load_split
 from components.distributed.datasets import ArraySource
 from components.distributed.inference_jobs import features_job, merge_chunks, set_source
 from components.distributed.jobs import FeaturesJob
 from components.distributed.runner import ClusterUnreachable, StorageError, run_job, run_name
 from components.io import write_json
 from components.metrics.conditional import conditional_accuracy
+from components.metrics.held_out import held_out_scores
 from components.metrics.suite import sample_metrics
 from components.registry import register_run
 from components.training.checkpoint import CHECKPOINT_FILE, model_from_checkpoint
 from pipelines.common import MODEL, StageParser, load_or_exit, parser, run_main
-
-HELD_OUT_IMAGES = 2000  # test images for the family's held-out scores (cheap, fixed for comparability)
-
 
 def arguments() -> StageParser:
     """The stage's command line."""
@@ -71,7 +68,7 @@ def main() -> None:
     scores = sample_metrics(real, features["samples"]["features"], ecfg)
     if model.is_conditional:
         scores["cond_acc"] = conditional_accuracy(features["samples"]["predicted"], labels)
-    scores.update(_held_out(model, test, ecfg.seed))
+    scores.update(held_out_scores(model, test, ecfg))
     ceiling = sample_metrics(real, features["ceiling"]["features"], ecfg, full=False)
     floor = json.loads(Path(args.floor).read_text())
     out = {"model": name, "family": model.family, "kind": model.kind,
@@ -89,22 +86,6 @@ def main() -> None:
     print(f"evaluate {name}: FID {scores['fid']:.2f} (ceiling {ceiling['fid']:.1f}, "
           f"floor {out.get('floor_fid', float('nan')):.2f}), precision {scores['precision']:.3f}, "
           f"recall {scores['recall']:.3f}; registered {registered.uri} (champion: version {registered.champion})")
-
-
-def _held_out(model, test: Split, seed: int) -> dict[str, float]:
-    """The family's own scores on real test images (empty for GANs)."""
-    images = torch.as_tensor(test.images[:HELD_OUT_IMAGES]).float().div(127.5).sub(1.0)
-    labels = torch.as_tensor(test.labels[:HELD_OUT_IMAGES])
-    model.eval()
-    gen = torch.Generator().manual_seed(seed)
-    sums: dict[str, float] = {}
-    batches = 0
-    with torch.no_grad():
-        for start in range(0, len(images), 500):
-            for k, v in model.held_out_metrics(images[start : start + 500], labels[start : start + 500], gen).items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            batches += 1
-    return {k: v / batches for k, v in sums.items()}
 
 
 if __name__ == "__main__":

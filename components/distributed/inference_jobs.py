@@ -6,7 +6,6 @@ depends on ``j`` only, so the output does not depend on the worker count. No tra
 
 from __future__ import annotations
 
-import io
 import tempfile
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from components.distributed.jobs import FeaturesJob, SampleJob
 from components.distributed.session import Session
 from components.models.base import GenerativeModel, TrainableModel
 from components.models.sampling import draw_balanced
+from components.training.checkpoint import model_from_checkpoint
 
 
 def chunk_ranges(total: int, chunk: int) -> list[tuple[int, int]]:
@@ -56,13 +56,6 @@ def merge_chunks(folder: str | Path) -> dict[str, np.ndarray]:
     return merged
 
 
-def _model_from_bytes(blob: bytes, device: torch.device) -> TrainableModel:
-    from components.training.checkpoint import model_from_checkpoint
-
-    payload = torch.load(io.BytesIO(blob), map_location=device, weights_only=True)
-    return model_from_checkpoint(payload, device)
-
-
 def sample_job(job: SampleJob, session: Session) -> None:
     """Generate named image sets (``job.sets``: name -> checkpoint bytes and count) in fixed chunks.
 
@@ -74,7 +67,7 @@ def sample_job(job: SampleJob, session: Session) -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         for set_index, (set_name, spec) in enumerate(sorted(job.sets.items())):
-            model = _model_from_bytes(spec.checkpoint, session.device)
+            model = model_from_checkpoint(spec.checkpoint, session.device)
             assert isinstance(model, GenerativeModel)
             model.eval()
             out = Path(folder) / set_name
@@ -92,7 +85,7 @@ def features_job(job: FeaturesJob, session: Session) -> None:
 
     Also stores the classifier's predicted label per image (for conditional accuracy).
     """
-    model = _model_from_bytes(job.checkpoint, session.device)
+    model = model_from_checkpoint(job.checkpoint, session.device)
     with tempfile.TemporaryDirectory() as folder:
         embed_sets(model, job.image_sets, job.batch_size, session, Path(folder))
         session.send_results(Path(folder))
