@@ -45,18 +45,19 @@ def main() -> None:
     uri = tracking.resolve_tracking_uri(cfg.mlflow)
     tracking.check_reachable(uri)
     checksum = data_checksum(args.data)
-    run_id = tracking.start_run(
+    run = tracking.ModelRun.start(
         uri, cfg.experiment_name, "classifier",
         tracking.run_tags(family="classifier", model_name="classifier", seed=ccfg.seed, data_checksum=checksum,
                           workers=cfg.ray.num_workers, profile=cfg.profile, stage="classifier"),
         flatten({"config": ccfg.model_dump(mode="json")}))
 
-    with tracking.StageRun(uri, run_id) as mlflow_run:  # the classifier's own run: FINISHED, or FAILED
+    with run:  # the classifier's own run: FINISHED, or FAILED
         sets = reference_sets(train, test, n, cfg.evaluate.seed)  # the real images every model is compared with
         test_n = len(sets["test"])
 
         workers, rows = 1 if args.plain else cfg.ray.num_workers, split_rows(meta, "train")
-        job = ClassifierJob.from_config(cfg, spec, rows, workers=workers, uri=uri, run_id=run_id, image_sets=tuple(sets))
+        job = ClassifierJob.from_config(cfg, spec, rows, workers=workers, uri=uri, run_id=run.run_id,
+                                      image_sets=tuple(sets))
         key = {"name": "classifier", "config": ccfg.model_dump(mode="json"), "data": checksum, "n": test_n,
                "loading": job.train.loading.model_dump(mode="json")}
         datasets = {"train": prepared(args.data, "train"), **{set_source(k): ArraySource(v) for k, v in sets.items()}}
@@ -79,12 +80,12 @@ def main() -> None:
             (tmp / CHECKPOINT_FILE).write_bytes(checkpoint)
             np.savez(tmp / layout.REFERENCE_FILE, test_features=features["test"]["features"],
                      test_labels=test.labels[:test_n], train_features=features["train"]["features"])
-            write_json(tmp / tracking.RUN_FILE, {"run_id": run_id, "experiment": cfg.experiment_name, "tracking_uri": uri})
+            run.save(tmp)
         summary = {"test_accuracy": accuracy, "extractor_checksum": identity, "num_samples": test_n,
                    "data": meta["name"], "floor": floor}
         write_json(args.metrics, summary)
-        mlflow_run.log_metrics({"eval/test_accuracy": accuracy, **{f"eval/floor_{k}": v for k, v in floor.items()}})
-        mlflow_run.set_tags({"extractor_checksum": identity})
+        run.log_metrics({"eval/test_accuracy": accuracy, **{f"eval/floor_{k}": v for k, v in floor.items()}})
+        run.set_tags({"extractor_checksum": identity})
         print(f"classifier: test accuracy {accuracy:.4f}, floor FID {floor['fid']:.3f}, extractor {identity}")
 
 

@@ -25,7 +25,6 @@ from components.io import write_json
 from components.metrics.conditional import conditional_accuracy
 from components.metrics.held_out import held_out_scores
 from components.metrics.suite import sample_metrics
-from components.registry import register_run
 from components.training.checkpoint import CHECKPOINT_FILE, model_from_checkpoint
 from pipelines.common import MODEL, StageParser, load_or_exit, parser, run_main
 
@@ -46,9 +45,9 @@ def main() -> None:
     cfg = load_or_exit(args)
     name, ecfg = args.model, cfg.evaluate
     model_dir, samples_dir, classifier_dir = Path(args.model_dir), Path(args.samples), Path(args.classifier)
-    run = tracking.read_run_file(model_dir)
-    test = load_split(args.data, "test")  # verified against meta.json before any work
     uri = tracking.resolve_tracking_uri(cfg.mlflow)
+    run = tracking.ModelRun.attach(model_dir, uri)  # the train stage's run
+    test = load_split(args.data, "test")  # verified against meta.json before any work
     tracking.check_reachable(uri)
 
     reference = np.load(classifier_dir / layout.REFERENCE_FILE)
@@ -77,10 +76,9 @@ def main() -> None:
            "train_steps": model.step, **scores,
            **{f"ceiling_{k}": v for k, v in ceiling.items()},
            **{f"floor_{k}": v for k, v in floor.get("floor", {}).items()}}
-    with tracking.StageRun(uri, run["run_id"], end=False) as mlflow_run:  # the train stage's run
-        mlflow_run.log_metrics({f"eval/{k}": v for k, v in out.items()})
-        mlflow_run.set_tags({"extractor_checksum": out["extractor_checksum"]})
-    registered = register_run(uri, run["run_id"], cfg.mlflow.experiment_prefix, name, out)
+    run.log_metrics({f"eval/{k}": v for k, v in out.items()})
+    run.set_tags({"extractor_checksum": out["extractor_checksum"]})
+    registered = run.register(cfg.mlflow.experiment_prefix, name, out)
     out.update(registered_model=registered.name, model_version=registered.version)
     write_json(args.out, out)
     print(f"evaluate {name}: FID {scores['fid']:.2f} (ceiling {ceiling['fid']:.1f}, "
