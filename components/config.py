@@ -316,6 +316,10 @@ class EvaluateConfig(StrictModel):
     nearest_k: PositiveInt = 3
     batch_size: PositiveInt = 500
     seed: NonNegativeInt = 7
+    held_out_images: PositiveInt = Field(2000, description="test images for the family's held-out scores "
+                                                           "(VAE ELBO, DDPM noise loss); fixed for comparability")
+    held_out_batch_size: PositiveInt = Field(500, description="test images per held-out scoring batch (the "
+                                                              "scores are per-batch means, so part of the result)")
 
 
 # --------------------------------------------------------------------------- root

@@ -109,7 +109,10 @@ def _create_version(c: Any, name: str, run_id: str, model_uri: str) -> int:
                                                                                "ALREADY_EXISTS"):
             raise
     model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
-    mv = c.create_model_version(name, source=model_uri, run_id=run_id, model_id=model_id)
+    # A models:/ source is resolved by the registry store through MLflow's *global* tracking URI (not
+    # this client's); the logged model's artifact location is what it would resolve to.
+    source = c.get_logged_model(model_id).artifact_location if model_id else model_uri
+    mv = c.create_model_version(name, source=source, run_id=run_id, model_id=model_id)
     return int(mv.version)
 
 

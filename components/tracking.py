@@ -1,5 +1,7 @@
-"""Everything MLflow, in one place: URI resolution, reachability, run creation/re-attachment,
-and a rank-0 logger that batches metrics on a background thread and retries hiccups.
+"""Everything MLflow, in one place: URI resolution, reachability, ``ModelRun`` (a model's run from
+creation or re-attachment to registration: run file, artifacts, logged generator, end status), and
+``RunLogger``, the rank-0 logger that batches metrics on a background thread and retries hiccups
+(the ``fit`` callback that feeds it is ``components.training.callbacks.TrackingCallback``).
 
 MLflow is imported inside functions so that models and the loop never need it.
 """
@@ -16,15 +18,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
 from components import provenance
 from components.config import MlflowConfig
+from components.io import write_json
 from components.models import family_kind
-
-if TYPE_CHECKING:
-    from components.models.base import TrainableModel
-    from components.training.loop import EpochStats
 
 RUN_FILE = "mlflow_run.json"
 LOST_WRITES_TAG = "tracking.lost_writes"  # on a run some of whose metrics or images never arrived
@@ -99,18 +98,57 @@ def start_run(uri: str, experiment: str, run_name: str, tags: dict[str, str], pa
 
 
 @dataclass
-class StageRun:
-    """A stage's handle on one MLflow run (driver side, one process): what the stages log after
-    their Ray job, so none of them calls the MLflow client by hand.
+class ModelRun:
+    """The one owner of a model's MLflow run, from creation (train, classifier) or re-attachment
+    (sample, evaluate) to registration: the run file, the artifacts, the logged generator, the
+    metrics and tags the stages log, and the end status. No stage calls the MLflow client by hand.
 
     Use as a context manager to end the run: FINISHED when the block completes, KILLED when it is
-    interrupted (Ctrl-C), FAILED when it raises anything else (``end=False`` leaves the status
-    alone, for a run another stage opened and ended).
+    interrupted (Ctrl-C), FAILED when it raises anything else. ``end=False`` (``attach``) leaves
+    the status alone: the run belongs to the stage that created it.
+
+    Attributes:
+        uri: the tracking URI.
+        run_id: the run.
+        experiment: its experiment's name (recorded in the run file).
+        end: whether leaving the ``with`` block ends the run.
+        marker: a local file holding the id of a run not yet finished (``start``), so that a retry
+            after an interruption re-attaches to it; removed once the run ends FINISHED.
     """
 
     uri: str
     run_id: str
+    experiment: str = ""
     end: bool = True
+    marker: Path | None = None
+
+    @classmethod
+    def start(cls, uri: str, experiment: str, name: str, tags: dict[str, str], params: dict[str, Any],
+              marker: str | Path | None = None) -> ModelRun:
+        """Create the run (or re-attach to the one ``marker`` names, RUNNING again) with its tags and params.
+
+        Args:
+            uri, experiment: where the run goes.
+            name: the run's name (the model's name).
+            tags: ``run_tags(...)``; params: flattened config.
+            marker: where to remember the run until it finishes (None: a new run every time).
+        """
+        marker = Path(marker) if marker is not None else None
+        previous = marker.read_text().strip() if marker is not None and marker.exists() else None
+        run_id = start_run(uri, experiment, name, tags, params, run_id=previous or None)
+        if marker is not None:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(run_id)
+        return cls(uri, run_id, experiment, marker=marker)
+
+    @classmethod
+    def attach(cls, model_dir: str | Path, uri: str) -> ModelRun:
+        """The run whose id the train stage wrote into ``model_dir/mlflow_run.json``; its status is left alone."""
+        path = Path(model_dir) / RUN_FILE
+        if not path.exists():
+            raise FileNotFoundError(f"{path} missing: run the train stage for this model first")
+        record = json.loads(path.read_text())
+        return cls(uri, record["run_id"], record.get("experiment", ""), end=False)
 
     def __enter__(self) -> Self:
         return self
@@ -120,6 +158,14 @@ class StageRun:
             status = ("FINISHED" if exc_type is None else
                       "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
             _retry(lambda: client(self.uri).set_terminated(self.run_id, status), f"end run {self.run_id}")
+            if status == "FINISHED" and self.marker is not None:
+                self.marker.unlink(missing_ok=True)  # finished: a later run starts afresh
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the run file (``mlflow_run.json``: run id, experiment, URI) into ``folder``; returns its path."""
+        path = Path(folder) / RUN_FILE
+        write_json(path, {"run_id": self.run_id, "experiment": self.experiment, "tracking_uri": self.uri})
+        return path
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         """Log numeric values at ``step`` in one batch (bools and non-numbers are skipped)."""
@@ -140,13 +186,24 @@ class StageRun:
         """An ``HxW`` / ``HxWx3`` uint8 image under ``images/`` (as MLflow's ``log_image`` keys it)."""
         _retry(lambda: client(self.uri).log_image(self.run_id, image, key=key), f"log_image {key}")
 
+    def log_artifacts(self, checkpoint: str | Path, extra_files: list[Path]) -> None:
+        """The checkpoint (under ``checkpoints/``) and other files (plots) of the trained model."""
+        c = client(self.uri)
+        _retry(lambda: c.log_artifact(self.run_id, str(checkpoint), "checkpoints"), "log checkpoint")
+        for path in extra_files:
+            _retry(lambda p=path: c.log_artifact(self.run_id, str(p)), f"log {path.name}")
 
-def read_run_file(model_dir: str | Path) -> dict[str, str]:
-    """The run id a train stage wrote into ``models/NAME/mlflow_run.json``."""
-    path = Path(model_dir) / RUN_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path} missing: run the train stage for this model first")
-    return json.loads(path.read_text())
+    def log_generator(self, checkpoint: str | Path, class_names: list[str]) -> str:
+        """The checkpoint as a served generator (``components.serving.pyfunc``); returns its ``models:/`` URI."""
+        from components.serving.pyfunc import log_generator
+
+        return log_generator(self.uri, self.run_id, checkpoint, class_names)
+
+    def register(self, experiment_prefix: str, model_name: str, evaluation: dict[str, Any]) -> Any:
+        """Register the logged generator with its evaluation (``components.model_registry.register_run``)."""
+        from components.model_registry import register_run
+
+        return register_run(self.uri, self.run_id, experiment_prefix, model_name, evaluation)
 
 
 def _retry(fn: Callable[[], Any], what: str, retries: int = 3, backoff_s: float = 0.5) -> None:
@@ -279,46 +336,6 @@ def run_tags(*, family: str, model_name: str, seed: int, data_checksum: str, wor
     return tags
 
 
-def log_final_artifacts(uri: str, run_id: str, checkpoint: str | Path, extra_files: list[Path]) -> None:
-    """Driver side, after training: the checkpoint and plots (the generator pyfunc: components.serving.pyfunc)."""
-    c = client(uri)
-    _retry(lambda: c.log_artifact(run_id, str(checkpoint), "checkpoints"), "log checkpoint")
-    for path in extra_files:
-        _retry(lambda p=path: c.log_artifact(run_id, str(p)), f"log {path.name}")
-
-
-class MlflowCallback:
-    """A ``fit`` callback, rank 0 only: losses every log step, epoch speed, and a sample grid every
-    ``image_every`` epochs."""
-
-    def __init__(self, logger: RunLogger, world_size: int, image_every: int, epochs: int, grid_seed: int):
-        self.logger, self.world_size = logger, world_size
-        self.image_every, self.epochs, self.grid_seed = image_every, epochs, grid_seed
-
-    def on_train_start(self, model: TrainableModel, start_epoch: int) -> None:
-        del start_epoch
-        # what the worker resolved: the driver logged config.precision (maybe ``auto``) before it ran
-        self.logger.log_params({"runtime.precision": model.precision})
-
-    def on_log(self, model: TrainableModel, step: int, losses: dict[str, float]) -> None:
-        self.logger.log_metrics({f"train/{k}": v for k, v in losses.items()}, step)
-
-    def on_epoch_end(self, model: TrainableModel, stats: EpochStats) -> None:
-        done = stats.epoch + 1
-        self.logger.log_metrics({"train/epoch": done, "train/epoch_seconds": stats.seconds,
-                                 "train/epoch_cpu_seconds": stats.cpu_seconds,
-                                 "train/images_per_s": stats.images_per_s * self.world_size,
-                                 **{f"train/epoch_{k}": v for k, v in stats.losses.items()}}, model.step)
-        from components.models.base import GenerativeModel
-        from components.report.grid import sample_grid
-
-        if isinstance(model, GenerativeModel) and (done % self.image_every == 0 or done == self.epochs):
-            self.logger.log_image(sample_grid(model, 64, self.grid_seed), key="samples", step=done)
-
-    def on_train_end(self, model: TrainableModel) -> None:
-        del model
-
-
 def start_tracking(uri: str, run_id: str, system_metrics: bool) -> tuple[RunLogger, Any]:
     """Rank 0 of a training job: the batched run logger and (optionally) MLflow's system-metrics monitor.
 
@@ -330,9 +347,8 @@ def start_tracking(uri: str, run_id: str, system_metrics: bool) -> tuple[RunLogg
     logger = RunLogger(uri, run_id)
     monitor = None
     if system_metrics:
-        os.environ["MLFLOW_TRACKING_URI"] = uri
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        monitor = SystemMetricsMonitor(run_id, resume_logging=True)
+        monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=uri)
         monitor.start()
     return logger, monitor

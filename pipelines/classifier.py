@@ -1,7 +1,7 @@
 """``python -m pipelines.classifier``: train the in-domain CNN whose embedding all metrics use.
 
 One Ray Train job trains it like any model and then, on the same workers, extracts the real
-reference features (test split, and a same-size class-balanced slice of the training split),
+reference features (test split, and a same-size random draw from the training split),
 giving the *data floor* row (real train vs real test). Writes ``models/classifier/`` (checkpoint.pt,
 reference.npz, mlflow_run.json) and ``metrics/classifier.json``.
 """
@@ -21,6 +21,7 @@ from components.distributed.jobs import ClassifierJob
 from components.distributed.runner import run_job, run_name
 from components.distributed.train_jobs import classifier_job
 from components.io import atomic_dir, write_json
+from components.metrics.held_out import reference_sets
 from components.metrics.suite import sample_metrics
 from components.training.checkpoint import CHECKPOINT_FILE, model_from_checkpoint
 from pipelines.common import StageParser, load_or_exit, parser, run_main
@@ -44,21 +45,19 @@ def main() -> None:
     uri = tracking.resolve_tracking_uri(cfg.mlflow)
     tracking.check_reachable(uri)
     checksum = data_checksum(args.data)
-    run_id = tracking.start_run(
+    run = tracking.ModelRun.start(
         uri, cfg.experiment_name, "classifier",
         tracking.run_tags(family="classifier", model_name="classifier", seed=ccfg.seed, data_checksum=checksum,
                           workers=cfg.ray.num_workers, profile=cfg.profile, stage="classifier"),
         flatten({"config": ccfg.model_dump(mode="json")}))
 
-    with tracking.StageRun(uri, run_id) as mlflow_run:  # the classifier's own run: FINISHED, or FAILED
-        # the reference sets: the test split and a same-size class-balanced slice of the training split
-        rng = np.random.default_rng(cfg.evaluate.seed)
-        test_n = min(n, len(test.images))
-        train_idx = np.sort(rng.choice(len(train.images), size=min(test_n, len(train.images)), replace=False))
-        sets = {"test": test.images[:test_n], "train": train.images[train_idx]}
+    with run:  # the classifier's own run: FINISHED, or FAILED
+        sets = reference_sets(train, test, n, cfg.evaluate.seed)  # the real images every model is compared with
+        test_n = len(sets["test"])
 
         workers, rows = 1 if args.plain else cfg.ray.num_workers, split_rows(meta, "train")
-        job = ClassifierJob.from_config(cfg, spec, rows, workers=workers, uri=uri, run_id=run_id, image_sets=tuple(sets))
+        job = ClassifierJob.from_config(cfg, spec, rows, workers=workers, uri=uri, run_id=run.run_id,
+                                      image_sets=tuple(sets))
         key = {"name": "classifier", "config": ccfg.model_dump(mode="json"), "data": checksum, "n": test_n,
                "loading": job.train.loading.model_dump(mode="json")}
         datasets = {"train": prepared(args.data, "train"), **{set_source(k): ArraySource(v) for k, v in sets.items()}}
@@ -69,7 +68,7 @@ def main() -> None:
             features = {name: merge_chunks(result / name) for name in sets}
         finally:
             shutil.rmtree(result, ignore_errors=True)
-        classifier = model_from_checkpoint(_payload(checkpoint))
+        classifier = model_from_checkpoint(checkpoint)
         accuracy = _accuracy(classifier, test.images, test.labels)
         if accuracy < ccfg.min_test_accuracy:
             raise RuntimeError(f"classifier test accuracy {accuracy:.4f} < classifier.min_test_accuracy "
@@ -81,21 +80,13 @@ def main() -> None:
             (tmp / CHECKPOINT_FILE).write_bytes(checkpoint)
             np.savez(tmp / layout.REFERENCE_FILE, test_features=features["test"]["features"],
                      test_labels=test.labels[:test_n], train_features=features["train"]["features"])
-            write_json(tmp / tracking.RUN_FILE, {"run_id": run_id, "experiment": cfg.experiment_name, "tracking_uri": uri})
+            run.save(tmp)
         summary = {"test_accuracy": accuracy, "extractor_checksum": identity, "num_samples": test_n,
                    "data": meta["name"], "floor": floor}
         write_json(args.metrics, summary)
-        mlflow_run.log_metrics({"eval/test_accuracy": accuracy, **{f"eval/floor_{k}": v for k, v in floor.items()}})
-        mlflow_run.set_tags({"extractor_checksum": identity})
+        run.log_metrics({"eval/test_accuracy": accuracy, **{f"eval/floor_{k}": v for k, v in floor.items()}})
+        run.set_tags({"extractor_checksum": identity})
         print(f"classifier: test accuracy {accuracy:.4f}, floor FID {floor['fid']:.3f}, extractor {identity}")
-
-
-def _payload(blob: bytes) -> dict:
-    import io
-
-    import torch
-
-    return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
 
 
 def _accuracy(classifier, images: np.ndarray, labels: np.ndarray) -> float:

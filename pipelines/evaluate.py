@@ -14,22 +14,19 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from components import layout, tracking
-from components.data.dataset import DataError, Split, load_split
+from components.data.dataset import DataError, load_split
 from components.distributed.datasets import ArraySource
 from components.distributed.inference_jobs import features_job, merge_chunks, set_source
 from components.distributed.jobs import FeaturesJob
 from components.distributed.runner import ClusterUnreachable, StorageError, run_job, run_name
 from components.io import write_json
 from components.metrics.conditional import conditional_accuracy
+from components.metrics.held_out import held_out_scores
 from components.metrics.suite import sample_metrics
-from components.model_registry import register_run
 from components.training.checkpoint import CHECKPOINT_FILE, model_from_checkpoint
 from pipelines.common import MODEL, StageParser, load_or_exit, parser, run_main
-
-HELD_OUT_IMAGES = 2000  # test images for the family's held-out scores (cheap, fixed for comparability)
 
 
 def arguments() -> StageParser:
@@ -49,9 +46,9 @@ def main() -> None:
     cfg = load_or_exit(args)
     name, ecfg = args.model, cfg.evaluate
     model_dir, samples_dir, classifier_dir = Path(args.model_dir), Path(args.samples), Path(args.classifier)
-    run = tracking.read_run_file(model_dir)
-    test = load_split(args.data, "test")  # verified against meta.json before any work
     uri = tracking.resolve_tracking_uri(cfg.mlflow)
+    run = tracking.ModelRun.attach(model_dir, uri)  # the train stage's run
+    test = load_split(args.data, "test")  # verified against meta.json before any work
     tracking.check_reachable(uri)
 
     reference = np.load(classifier_dir / layout.REFERENCE_FILE)
@@ -71,7 +68,7 @@ def main() -> None:
     scores = sample_metrics(real, features["samples"]["features"], ecfg)
     if model.is_conditional:
         scores["cond_acc"] = conditional_accuracy(features["samples"]["predicted"], labels)
-    scores.update(_held_out(model, test, ecfg.seed))
+    scores.update(held_out_scores(model, test, ecfg))
     ceiling = sample_metrics(real, features["ceiling"]["features"], ecfg, full=False)
     floor = json.loads(Path(args.floor).read_text())
     out = {"model": name, "family": model.family, "kind": model.kind,
@@ -80,31 +77,14 @@ def main() -> None:
            "train_steps": model.step, **scores,
            **{f"ceiling_{k}": v for k, v in ceiling.items()},
            **{f"floor_{k}": v for k, v in floor.get("floor", {}).items()}}
-    with tracking.StageRun(uri, run["run_id"], end=False) as mlflow_run:  # the train stage's run
-        mlflow_run.log_metrics({f"eval/{k}": v for k, v in out.items()})
-        mlflow_run.set_tags({"extractor_checksum": out["extractor_checksum"]})
-    registered = register_run(uri, run["run_id"], cfg.mlflow.experiment_prefix, name, out)
+    run.log_metrics({f"eval/{k}": v for k, v in out.items()})
+    run.set_tags({"extractor_checksum": out["extractor_checksum"]})
+    registered = run.register(cfg.mlflow.experiment_prefix, name, out)
     out.update(registered_model=registered.name, model_version=registered.version)
     write_json(args.out, out)
     print(f"evaluate {name}: FID {scores['fid']:.2f} (ceiling {ceiling['fid']:.1f}, "
           f"floor {out.get('floor_fid', float('nan')):.2f}), precision {scores['precision']:.3f}, "
           f"recall {scores['recall']:.3f}; registered {registered.uri} (champion: version {registered.champion})")
-
-
-def _held_out(model, test: Split, seed: int) -> dict[str, float]:
-    """The family's own scores on real test images (empty for GANs)."""
-    images = torch.as_tensor(test.images[:HELD_OUT_IMAGES]).float().div(127.5).sub(1.0)
-    labels = torch.as_tensor(test.labels[:HELD_OUT_IMAGES])
-    model.eval()
-    gen = torch.Generator().manual_seed(seed)
-    sums: dict[str, float] = {}
-    batches = 0
-    with torch.no_grad():
-        for start in range(0, len(images), 500):
-            for k, v in model.held_out_metrics(images[start : start + 500], labels[start : start + 500], gen).items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            batches += 1
-    return {k: v / batches for k, v in sums.items()}
 
 
 if __name__ == "__main__":

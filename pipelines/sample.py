@@ -37,8 +37,8 @@ def main() -> None:
     cfg = load_or_exit(args)
     name, scfg = args.model, cfg.sample
     model_dir, out = Path(args.model_dir), Path(args.out)
-    run = tracking.read_run_file(model_dir)
     uri = tracking.resolve_tracking_uri(cfg.mlflow)
+    run = tracking.ModelRun.attach(model_dir, uri)  # the train stage's run
     tracking.check_reachable(uri)
 
     job = SampleJob.from_config(cfg, name, model_dir)
@@ -59,10 +59,9 @@ def main() -> None:
 
         Image.fromarray(grid).save(tmp / "grid.png")
     total = scfg.num_samples + scfg.ceiling_samples
-    with tracking.StageRun(uri, run["run_id"], end=False) as mlflow_run:  # the train stage's run
-        mlflow_run.log_image(grid, key="final_samples")
-        mlflow_run.log_metrics({"sample/seconds": seconds, "sample/images_per_s": total / seconds})
-        mlflow_run.set_tags({"sample_seed": scfg.seed})
+    run.log_image(grid, key="final_samples")
+    run.log_metrics({"sample/seconds": seconds, "sample/images_per_s": total / seconds})
+    run.set_tags({"sample_seed": scfg.seed})
     print(f"sample {name}: {total} images in {seconds:.1f} s ({total / seconds:.0f} img/s) -> {out}")
 
 

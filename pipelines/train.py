@@ -19,7 +19,6 @@ from components.distributed.runner import StorageError, check_storage, run_job, 
 from components.distributed.train_jobs import HISTORY_FILE, train_job, worker_records
 from components.io import atomic_dir, atomic_path, write_json
 from components.report.curves import history_to_csv, plot_losses
-from components.serving.pyfunc import log_generator
 from components.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, model_from_checkpoint
 from pipelines.common import MODEL, StageParser, load_or_exit, parser, run_main
 
@@ -54,9 +53,9 @@ def main() -> None:
     job_key = {"name": name, "config": mcfg.model_dump(mode="json"), "data": data_checksum(args.data),
                "workers": cfg.ray.num_workers, "loading": loading.model_dump(mode="json")}
     ray_name = run_name(f"train-{name}", job_key)  # the run's identity: a config change starts afresh
-    run_id = _run_id(cfg, name, mcfg, meta, uri, args.data, ray_name)
-    job = TrainJob.from_config(cfg, name, spec, rows, workers=workers, uri=uri, run_id=run_id)
-    with tracking.StageRun(uri, run_id):  # the model's run: FINISHED once its folder is written, else FAILED
+    run = _model_run(cfg, name, mcfg, uri, job_key["data"], ray_name)
+    job = TrainJob.from_config(cfg, name, spec, rows, workers=workers, uri=uri, run_id=run.run_id)
+    with run:  # the model's run: FINISHED once its folder is written (and the marker gone), else FAILED
         result = run_job(train_job, job, cfg=cfg.ray, name=ray_name, plain=args.plain,
                          datasets={"train": train})
         try:
@@ -67,35 +66,27 @@ def main() -> None:
                 write_json(tmp / "workers.json", worker_records(result))
                 write_json(tmp / "config.json", {"name": name, "config": mcfg.model_dump(mode="json"),
                                                  "data_spec": spec.to_dict(), "data_checksum": job_key["data"]})
-                write_json(tmp / tracking.RUN_FILE, {"run_id": run_id, "experiment": cfg.experiment_name,
-                                                     "tracking_uri": uri})
+                run.save(tmp)
                 plot_losses(history, tmp / "loss.png", title=name)
                 model = model_from_checkpoint(load_checkpoint(tmp / CHECKPOINT_FILE))
-                tracking.log_final_artifacts(uri, run_id, tmp / CHECKPOINT_FILE, [tmp / "loss.png"])
-                log_generator(uri, run_id, tmp / CHECKPOINT_FILE, meta["class_names"])
+                run.log_artifacts(tmp / CHECKPOINT_FILE, [tmp / "loss.png"])
+                run.log_generator(tmp / CHECKPOINT_FILE, meta["class_names"])
             with atomic_path(args.plot) as csv:
                 csv.write_text(history_to_csv(history))
         finally:
             shutil.rmtree(result, ignore_errors=True)
-    _run_marker(cfg, ray_name).unlink(missing_ok=True)  # finished: a later run starts a fresh MLflow run
-    print(f"train {name}: {model.num_parameters():,} parameters, step {model.step}, run {run_id} -> {out}")
+    print(f"train {name}: {model.num_parameters():,} parameters, step {model.step}, run {run.run_id} -> {out}")
 
 
-def _run_id(cfg, name, mcfg, meta, uri, data_dir, ray_name) -> str:
-    """Create the model's MLflow run, or re-attach to the one an interrupted attempt created."""
+def _model_run(cfg, name, mcfg, uri, checksum, ray_name) -> tracking.ModelRun:
+    """The model's MLflow run: a new one, or the one an interrupted attempt of this Ray run created."""
     from components.config import flatten
 
-    marker = _run_marker(cfg, ray_name)
-    previous = marker.read_text().strip() if marker.exists() else None
-    tags = tracking.run_tags(family=mcfg.family, model_name=name, seed=mcfg.seed,
-                             data_checksum=data_checksum(data_dir), workers=cfg.ray.num_workers,
-                             profile=cfg.profile, stage=f"train@{name}")
+    tags = tracking.run_tags(family=mcfg.family, model_name=name, seed=mcfg.seed, data_checksum=checksum,
+                             workers=cfg.ray.num_workers, profile=cfg.profile, stage=f"train@{name}")
     params = flatten({"config": mcfg.model_dump(mode="json"), "data": cfg.data.model_dump(mode="json"),
                       "ray": cfg.ray.model_dump(mode="json")})
-    run_id = tracking.start_run(uri, cfg.experiment_name, name, tags, params, run_id=previous)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(run_id)
-    return run_id
+    return tracking.ModelRun.start(uri, cfg.experiment_name, name, tags, params, marker=_run_marker(cfg, ray_name))
 
 
 def _run_marker(cfg, ray_name: str) -> Path:

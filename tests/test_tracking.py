@@ -40,40 +40,50 @@ def test_tracking_uri_precedence(tmp_path: Path, monkeypatch) -> None:
     assert tracking.resolve_tracking_uri(MlflowConfig(tracking_uri="http://x:5000"), tmp_path) == "http://env:5000"
 
 
-def test_stage_run_logs_and_ends_its_run_with_the_right_status(tmp_path: Path) -> None:
+def test_model_run_logs_and_ends_its_run_with_the_right_status(tmp_path: Path) -> None:
     import numpy as np
     import pytest
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    runs = {name: tracking.start_run(uri, "e", name, {"stage": name}, {"p": 1}) for name in ("ok", "failed", "kept")}
-    with tracking.StageRun(uri, runs["ok"]) as run:
+    runs = {name: tracking.ModelRun.start(uri, "e", name, {"stage": name}, {"p": 1}) for name in ("ok", "failed", "kept")}
+    with runs["ok"] as run:
         run.log_metrics({"eval/fid": 1.5, "eval/flag": True, "name": "x"})
         run.set_tags({"extractor_checksum": "abc"})
         run.log_image(np.zeros((4, 4), dtype=np.uint8), key="final_samples")
-    with pytest.raises(RuntimeError), tracking.StageRun(uri, runs["failed"]):
+    with pytest.raises(RuntimeError), runs["failed"]:
         raise RuntimeError("stage failed")
-    with tracking.StageRun(uri, runs["kept"], end=False) as run:
+    runs["kept"].save(tmp_path / "kept")  # what the train stage leaves in models/NAME
+    with tracking.ModelRun.attach(tmp_path / "kept", uri) as run:  # what sample and evaluate do
+        assert (run.run_id, run.experiment, run.end) == (runs["kept"].run_id, "e", False)
         run.log_metrics({"sample/seconds": 2.0})
     client = tracking.client(uri)
-    ok = client.get_run(runs["ok"])
+    ok = client.get_run(runs["ok"].run_id)
     assert ok.info.status == "FINISHED" and ok.data.metrics == {"eval/fid": 1.5}
     assert ok.data.tags["extractor_checksum"] == "abc"
-    assert any("final_samples" in a.path for a in client.list_artifacts(runs["ok"], "images"))
-    assert client.get_run(runs["failed"]).info.status == "FAILED"
-    assert client.get_run(runs["kept"]).info.status == "RUNNING"  # ended by the stage that opened it
+    assert any("final_samples" in a.path for a in client.list_artifacts(runs["ok"].run_id, "images"))
+    assert client.get_run(runs["failed"].run_id).info.status == "FAILED"
+    assert client.get_run(runs["kept"].run_id).info.status == "RUNNING"  # ended by the stage that opened it
+    with pytest.raises(FileNotFoundError, match="run the train stage"):
+        tracking.ModelRun.attach(tmp_path / "never-trained", uri)
 
 
-def test_an_interrupted_run_ends_killed_and_runs_again_when_re_attached(tmp_path: Path) -> None:
+def test_an_interrupted_run_ends_killed_and_is_re_attached_through_its_marker(tmp_path: Path) -> None:
     import pytest
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    run_id = tracking.start_run(uri, "e", "m", {"stage": "train@m"}, {"p": 1})
-    with pytest.raises(KeyboardInterrupt), tracking.StageRun(uri, run_id):
+    uri, marker = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "ray_results" / ".mlflow_runs" / "train-m"
+    first = tracking.ModelRun.start(uri, "e", "m", {"stage": "train@m"}, {"p": 1}, marker=marker)
+    assert marker.read_text() == first.run_id
+    with pytest.raises(KeyboardInterrupt), first:
         raise KeyboardInterrupt
     client = tracking.client(uri)
-    assert client.get_run(run_id).info.status == "KILLED"
-    assert tracking.start_run(uri, "e", "m", {"stage": "train@m"}, {"p": 1}, run_id=run_id) == run_id
-    assert client.get_run(run_id).info.status == "RUNNING"  # the retry's own StageRun ends it
+    assert client.get_run(first.run_id).info.status == "KILLED" and marker.exists()
+    retry = tracking.ModelRun.start(uri, "e", "m", {"stage": "train@m"}, {"p": 1}, marker=marker)
+    assert retry.run_id == first.run_id
+    assert client.get_run(first.run_id).info.status == "RUNNING"  # the retry's own `with` ends it
+    with retry:
+        pass
+    assert client.get_run(first.run_id).info.status == "FINISHED" and not marker.exists()
+    assert tracking.ModelRun.start(uri, "e", "m", {"stage": "train@m"}, {"p": 1}, marker=marker).run_id != first.run_id
 
 
 def test_writes_that_never_arrive_are_counted_in_a_tag_on_the_run(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ depends on ``j`` only, so the output does not depend on the worker count. No tra
 
 from __future__ import annotations
 
-import io
 import tempfile
 from pathlib import Path
 
@@ -16,6 +15,8 @@ import torch
 from components.distributed.jobs import FeaturesJob, SampleJob
 from components.distributed.session import Session
 from components.models.base import GenerativeModel, TrainableModel
+from components.models.sampling import draw_balanced
+from components.training.checkpoint import model_from_checkpoint
 
 
 def chunk_ranges(total: int, chunk: int) -> list[tuple[int, int]]:
@@ -55,25 +56,18 @@ def merge_chunks(folder: str | Path) -> dict[str, np.ndarray]:
     return merged
 
 
-def _model_from_bytes(blob: bytes, device: torch.device) -> TrainableModel:
-    from components.training.checkpoint import model_from_checkpoint
-
-    payload = torch.load(io.BytesIO(blob), map_location=device, weights_only=True)
-    return model_from_checkpoint(payload, device)
-
-
 def sample_job(job: SampleJob, session: Session) -> None:
     """Generate named image sets (``job.sets``: name -> checkpoint bytes and count) in fixed chunks.
 
     Chunk ``j`` of a set goes to worker ``j % world_size`` and draws from ``chunk_seed(seed, j)``,
     so the output does not depend on the worker count. Labels are spread evenly over the
-    classes (``i % K``): conditional models are asked for each class equally.
+    classes (``draw_balanced``: ``i % K``): conditional models are asked for each class equally.
     """
     from tqdm.auto import tqdm
 
     with tempfile.TemporaryDirectory() as folder:
         for set_index, (set_name, spec) in enumerate(sorted(job.sets.items())):
-            model = _model_from_bytes(spec.checkpoint, session.device)
+            model = model_from_checkpoint(spec.checkpoint, session.device)
             assert isinstance(model, GenerativeModel)
             model.eval()
             out = Path(folder) / set_name
@@ -81,9 +75,7 @@ def sample_job(job: SampleJob, session: Session) -> None:
             chunks = chunk_ranges(spec.num_samples, job.batch_size)
             mine = [(j, r) for j, r in enumerate(chunks) if j % session.world_size == session.rank]
             for j, (start, stop) in tqdm(mine, desc=f"sample {job.name}/{set_name}", disable=session.rank != 0):
-                labels = torch.arange(start, stop, device=session.device) % model.spec.num_classes
-                gen = torch.Generator(device=session.device).manual_seed(chunk_seed(job.seed + set_index, j))
-                images = model.sample(stop - start, labels=labels if model.is_conditional else None, generator=gen)
+                images, labels = draw_balanced(model, stop - start, chunk_seed(job.seed + set_index, j), start)
                 _save_array_chunk(out, f"{j:06d}", images=images.cpu().numpy(), labels=labels.cpu().numpy())
         session.send_results(Path(folder))
 
@@ -93,7 +85,7 @@ def features_job(job: FeaturesJob, session: Session) -> None:
 
     Also stores the classifier's predicted label per image (for conditional accuracy).
     """
-    model = _model_from_bytes(job.checkpoint, session.device)
+    model = model_from_checkpoint(job.checkpoint, session.device)
     with tempfile.TemporaryDirectory() as folder:
         embed_sets(model, job.image_sets, job.batch_size, session, Path(folder))
         session.send_results(Path(folder))

@@ -137,10 +137,11 @@ def _train(job: TrainJob, session: Session) -> tuple[TrainableModel, RunLength]:
         callbacks.append(fault)
     logger = monitor = None
     if session.rank == 0 and job.tracking is not None:
-        from components.tracking import MlflowCallback, start_tracking
+        from components.tracking import start_tracking
+        from components.training.callbacks import TrackingCallback
 
         logger, monitor = start_tracking(job.tracking.uri, job.tracking.run_id, job.tracking.system_metrics)
-        callbacks.append(MlflowCallback(logger, session.world_size, cfg.image_every, length.epochs, job.grid_seed))
+        callbacks.append(TrackingCallback(logger, session.world_size, cfg.image_every, length.epochs, job.grid_seed))
     if session.rank == 0 and job.progress:
         from components.training.callbacks import ProgressBar
 

@@ -10,12 +10,15 @@ from __future__ import annotations
 import abc
 import hashlib
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
 from components.data.spec import DataSpec
+
+if TYPE_CHECKING:
+    from components.models.sampling import SamplingOption
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -214,6 +217,12 @@ class GenerativeModel(TrainableModel):
 
     kind: ClassVar[Literal["gan", "vae", "diffusion"]]
     conditional: ClassVar[bool] = False
+    #: ``sample(labels=None)`` draws from the unconditional distribution (unconditional families,
+    #: DDPM's null class); False where a conditional family has no such class (CGAN), so a request
+    #: without labels gets balanced ones (``components.models.sampling.balanced_labels``)
+    samples_unlabelled: ClassVar[bool] = True
+    #: ``sample`` takes ``progress=True`` and shows its own bar (over DDPM's denoising steps)
+    sample_progress: ClassVar[bool] = False
 
     @property
     def is_conditional(self) -> bool:
@@ -231,6 +240,11 @@ class GenerativeModel(TrainableModel):
         """
         del images, labels, generator
         return {}
+
+    def sampling_options(self) -> tuple[SamplingOption, ...]:
+        """The options ``sample`` takes beyond ``(n, labels, generator)``, defaults from the config; none by
+        default. Serving offers exactly these (``components.serving``), so it never asks the family."""
+        return ()
 
     @abc.abstractmethod
     def sample(self, n: int, labels: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from components.config import CGANConfig
 from components.models.gan import GAN, discriminator_layers, generator_layers
+from components.models.sampling import balanced_labels
 
 
 class ConditionalGenerator(nn.Module):
@@ -77,6 +78,7 @@ class CGAN(GAN):
 
     family: ClassVar[str] = "cgan"
     conditional: ClassVar[bool] = True
+    samples_unlabelled: ClassVar[bool] = False  # no null class: unlabelled requests get balanced labels
     config: CGANConfig
 
     def build_networks(self) -> tuple[nn.Module, nn.Module]:
@@ -92,7 +94,7 @@ class CGAN(GAN):
 
     def default_labels(self, n: int) -> Tensor:
         """``0, 1, ..., K-1, 0, 1, ...``: every class equally often (to within one). ``(n,)`` int64."""
-        return torch.arange(n, device=self.device) % self.spec.num_classes
+        return balanced_labels(n, self.spec.num_classes, device=self.device)
 
     def sample_condition(self, n: int, labels: Tensor | None) -> tuple[Tensor, ...]:
         """``(labels,)`` as ``(n,)`` int64 on the device; ``None`` spreads the classes evenly (``default_labels``)."""

@@ -3,7 +3,9 @@
 Three parts, as in diffusers and lucidrains' ``GaussianDiffusion``:
 
 - ``NoiseSchedule``: parameter-free β schedule with ``add_noise`` (training), ``step``
-  (ancestral sampling) and ``ddim_step`` (DDIM, Song et al. 2020).
+  (ancestral sampling) and ``ddim_step`` (DDIM, Song et al. 2020); the two samplers
+  (``AncestralSampler``, ``DDIMSampler``, chosen by name in ``SAMPLERS``) walk their timesteps
+  with one ``step`` verb each, as diffusers' schedulers do.
 - ``UNet``: the ε-prediction network, optionally class-conditional with a learned "null"
   class for classifier-free guidance (Ho & Salimans 2022, https://arxiv.org/abs/2207.12598).
 - ``DDPM``: the trainable model: one Adam on the UNet, an EMA copy used for sampling.
@@ -24,6 +26,7 @@ from torch import Tensor, nn
 
 from components.data.spec import DataSpec
 from components.models.base import GenerativeModel, to_uint8
+from components.models.sampling import SamplingOption
 
 if TYPE_CHECKING:
     from components.config import DDPMConfig
@@ -150,6 +153,54 @@ class NoiseSchedule(nn.Module):
             raise ValueError(f"steps must be in [1, {self.timesteps}], got {steps}")
         grid = torch.linspace(self.timesteps - 1, 0, steps, dtype=torch.float64)
         return [int(v) for v in torch.floor(grid + 0.5)]  # round half up keeps them distinct
+
+
+# =========================================================================== samplers
+class AncestralSampler:
+    """Ho et al. 2020, Algorithm 2: all T steps, each drawing fresh noise (``NoiseSchedule.step``).
+
+    Args:
+        schedule: the model's noise schedule.
+    """
+
+    def __init__(self, schedule: NoiseSchedule, steps: int, eta: float):
+        del steps, eta  # always all T steps, variance β̃_t
+        self.schedule = schedule
+
+    def timesteps(self) -> list[tuple[int, int]]:
+        """``(t, t_prev)`` pairs from T-1 down to 0."""
+        return [(t, t - 1) for t in reversed(range(self.schedule.timesteps))]
+
+    def step(self, eps: Tensor, t: int, t_prev: int, x: Tensor, generator: torch.Generator) -> Tensor:
+        """x_t -> x_{t-1}; ``(B, C, H, W)`` in and out."""
+        del t_prev
+        return self.schedule.step(eps, t, x, generator)
+
+
+class DDIMSampler:
+    """Song et al. 2020: ``steps`` evenly spaced steps (``NoiseSchedule.ddim_step``); eta = 0 is deterministic.
+
+    Args:
+        schedule: the model's noise schedule.
+        steps: how many of the T timesteps to visit.
+        eta: stochasticity (1 = the ancestral variance).
+    """
+
+    def __init__(self, schedule: NoiseSchedule, steps: int, eta: float):
+        self.schedule, self.eta = schedule, eta
+        self.ts = schedule.ddim_timesteps(steps)
+
+    def timesteps(self) -> list[tuple[int, int]]:
+        """``(t, t_prev)`` pairs; ``t_prev = -1`` is the last step, to x_0."""
+        return list(zip(self.ts, [*self.ts[1:], -1], strict=True))
+
+    def step(self, eps: Tensor, t: int, t_prev: int, x: Tensor, generator: torch.Generator) -> Tensor:
+        """x_t -> x_{t_prev}; ``(B, C, H, W)`` in and out."""
+        return self.schedule.ddim_step(eps, t, t_prev, x, self.eta, generator)
+
+
+#: the samplers by the name ``config.sampler`` and the served ``sampler`` option use
+SAMPLERS: dict[str, type[AncestralSampler | DDIMSampler]] = {"ancestral": AncestralSampler, "ddim": DDIMSampler}
 
 
 # =========================================================================== network
@@ -354,6 +405,7 @@ class DDPM(GenerativeModel):
     kind: ClassVar[Literal["gan", "vae", "diffusion"]] = "diffusion"
     network_names: ClassVar[tuple[str, ...]] = ("denoiser",)
     shadow_names: ClassVar[tuple[str, ...]] = ("ema",)
+    sample_progress: ClassVar[bool] = True
     # 12 steps stay untrained (FID 737), the default's 702 reach FID 194 and 820 FID 179
     # (docs/benchmarks.md); its EMA (decay 0.999) also needs some hundreds of steps to move
     min_useful_steps: ClassVar[int | None] = 500
@@ -466,6 +518,16 @@ class DDPM(GenerativeModel):
         return F.mse_loss(pred.float(), noise.float())
 
     # ---- sampling -------------------------------------------------------------------
+    def sampling_options(self) -> tuple[SamplingOption, ...]:
+        """``sampler``, ``steps`` (DDIM) and, when conditional, ``guidance_scale``; defaults from the config."""
+        cfg = self.config
+        options = (SamplingOption("sampler", "string", cfg.sampler, choices=tuple(SAMPLERS)),
+                   SamplingOption("steps", "long", cfg.sample_steps, low=1, high=cfg.timesteps,
+                                  bounds_text=f"between 1 and the model's {cfg.timesteps} timesteps"))
+        if self.is_conditional:
+            options += (SamplingOption("guidance_scale", "double", float(cfg.guidance_scale), low=0, bounds_text=">= 0"),)
+        return options
+
     def guided_eps(self, x: Tensor, t: int, labels: Tensor | None, guidance_scale: float) -> Tensor:
         """ε from the EMA network at timestep ``t`` for ``x`` ``(B, C, H, W)``, with guidance.
 
@@ -513,27 +575,19 @@ class DDPM(GenerativeModel):
             ``(n, C, H, W)`` uint8 on ``self.device``.
         """
         cfg = self.config
-        sampler = sampler or cfg.sampler
+        name = sampler or cfg.sampler
         w = cfg.guidance_scale if guidance_scale is None else guidance_scale
-        eta = cfg.ddim_eta if eta is None else eta
         gen = self.rng if generator is None else generator
         if labels is not None:
             labels = labels.to(self.device)
-        if sampler == "ancestral":
-            pairs = [(t, t - 1) for t in reversed(range(cfg.timesteps))]
-        else:
-            ts = self.schedule.ddim_timesteps(steps or cfg.sample_steps)
-            pairs = list(zip(ts, [*ts[1:], -1], strict=True))
+        chosen = SAMPLERS[name](self.schedule, steps or cfg.sample_steps, cfg.ddim_eta if eta is None else eta)
+        pairs = chosen.timesteps()
         if progress:
             from tqdm import tqdm  # only needed for interactive use
 
-            pairs = tqdm(pairs, desc=f"{sampler} sampling", unit="step")
+            pairs = tqdm(pairs, desc=f"{name} sampling", unit="step")
 
         x = torch.randn((n, *self.spec.shape), generator=gen, device=self.device)  # x_T
         for t, t_prev in pairs:
-            eps = self.guided_eps(x, t, labels, w)
-            if sampler == "ancestral":
-                x = self.schedule.step(eps, t, x, gen)
-            else:
-                x = self.schedule.ddim_step(eps, t, t_prev, x, eta, gen)
+            x = chosen.step(self.guided_eps(x, t, labels, w), t, t_prev, x, gen)
         return to_uint8(x)

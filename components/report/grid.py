@@ -4,18 +4,16 @@ per-epoch grids from fixed noise)."""
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from components.models.base import GenerativeModel
+from components.models.sampling import draw_balanced
 
 
 def sample_grid(model: GenerativeModel, n: int, seed: int) -> np.ndarray:
     """A ``rows x rows`` uint8 image grid from fixed noise (same seed each time, so grids show progress)."""
     rows = int(np.sqrt(n))
     n = rows * rows
-    labels = torch.arange(n, device=model.device) % model.spec.num_classes if model.is_conditional else None
-    gen = torch.Generator(device=model.device).manual_seed(seed)
-    images = model.sample(n, labels=labels, generator=gen).cpu().numpy()  # (n, C, H, W)
+    images = draw_balanced(model, n, seed)[0].cpu().numpy()  # (n, C, H, W); labels i % K: a column per class
     return make_grid(images, rows)
 
 

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from components.models.base import GenerativeModel
+from components.models.sampling import balanced_labels, draw, seeded
 
 #: Most images one call may ask for (a served endpoint must not be asked to sample forever).
 MAX_IMAGES = 4096
-SAMPLERS = ("ancestral", "ddim")
 
 
 class GenerationError(ValueError):
@@ -69,10 +69,6 @@ class Generator:
 
         return cls(model_from_checkpoint(path, device), class_names)
 
-    @property
-    def is_diffusion(self) -> bool:
-        return self.model.kind == "diffusion"
-
     # ---- requests -------------------------------------------------------------------
     def resolve_label(self, label: Any) -> int | None:
         """Class index for ``label`` (an index, its string, or a class name, case-insensitive); None = no label.
@@ -117,20 +113,19 @@ class Generator:
             raise GenerationError(f"{sum(out)} images asked for; at most {MAX_IMAGES} per call")
         return out
 
-    def sampling_options(self, sampler: str | None, steps: int | None, guidance_scale: float | None,
-                         progress: bool) -> dict[str, Any]:
-        """Keyword arguments for the family's ``sample`` (diffusion only; None = the model's config)."""
-        if not self.is_diffusion:
-            return {}
-        cfg = self.model.config
-        if sampler is not None and sampler not in SAMPLERS:
-            raise GenerationError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-        if steps is not None and not 1 <= int(steps) <= cfg.timesteps:
-            raise GenerationError(f"steps must be between 1 and the model's {cfg.timesteps} timesteps, got {steps}")
-        if guidance_scale is not None and guidance_scale < 0:
-            raise GenerationError(f"guidance_scale must be >= 0, got {guidance_scale}")
-        return {"sampler": sampler, "steps": None if steps is None else int(steps),
-                "guidance_scale": guidance_scale, "progress": progress}
+    def sampling_options(self, given: dict[str, Any], progress: bool) -> dict[str, Any]:
+        """Keyword arguments for the model's ``sample``: the options it declares (``sampling_options()``),
+        each checked when given; None or an option it does not take = its own default."""
+        options: dict[str, Any] = {}
+        for option in self.model.sampling_options():
+            value = given.get(option.name)
+            try:
+                options[option.name] = None if value is None else option.check(value)
+            except (TypeError, ValueError) as exc:
+                raise GenerationError(str(exc)) from None
+        if self.model.sample_progress:
+            options["progress"] = progress
+        return options
 
     # ---- sampling -------------------------------------------------------------------
     @torch.no_grad()
@@ -143,7 +138,8 @@ class Generator:
             requests: ``(num_images, label)`` pairs; label None = unconditioned (conditional DDPM:
                 the null class; CGAN, which has none: the classes in turn, 0, 1, ..., K-1, 0, ...).
             seed: the same seed and requests give byte-identical images.
-            sampler, steps, guidance_scale: diffusion only; None = the model's config.
+            sampler, steps, guidance_scale: for a family that declares them (``sampling_options()``:
+                DDPM), else ignored; None = the model's config.
             progress: a progress bar over the denoising steps (diffusion) or the batches.
 
         Returns:
@@ -154,14 +150,14 @@ class Generator:
         """
         counts = self.check_counts([n for n, _ in requests])
         labels = [self.resolve_label(label) for _, label in requests]
-        options = self.sampling_options(sampler, steps, guidance_scale, progress)
-        device = self.model.device
-        gen = torch.Generator(device=device).manual_seed(int(seed))
+        options = self.sampling_options({"sampler": sampler, "steps": steps, "guidance_scale": guidance_scale},
+                                        progress)
+        model, device = self.model, self.model.device
+        gen = seeded(seed, device)
         images, out_labels, rows = [], [], []
-        has_null = self.is_diffusion  # conditional DDPM samples unconditionally from its null class
         chunks = [(row, start, min(self.batch_size, n - start)) for row, n in enumerate(counts)
                   for start in range(0, n, self.batch_size)]
-        if progress and not self.is_diffusion and len(chunks) > 1:
+        if progress and not model.sample_progress and len(chunks) > 1:
             from tqdm import tqdm
 
             chunks = tqdm(chunks, desc="sampling", unit="batch")
@@ -169,11 +165,11 @@ class Generator:
             label = labels[row]
             if label is not None:
                 cond = torch.full((n,), label, dtype=torch.int64, device=device)
-            elif self.model.is_conditional and not has_null:
-                cond = (torch.arange(start, start + n, device=device) % self.model.spec.num_classes)
+            elif model.is_conditional and not model.samples_unlabelled:  # CGAN: the classes in turn
+                cond = balanced_labels(n, model.spec.num_classes, start, device)
             else:
                 cond = None
-            batch = self.model.sample(n, labels=cond, generator=gen, **options)  # (n, C, H, W) uint8
+            batch = draw(model, n, gen, cond, **options)  # (n, C, H, W) uint8
             images.append(batch.cpu().numpy())
             out_labels.append(np.full(n, -1, np.int64) if cond is None else cond.cpu().numpy().astype(np.int64))
             rows.append(np.full(n, row, np.int64))

@@ -87,11 +87,7 @@ def signature_for(model: Any) -> Any:
     inputs = Schema([ColSpec("long", "num_images"), ColSpec(AnyType(), "label", required=False)])
     outputs = Schema([ColSpec("long", "request"), ColSpec("long", "label"), ColSpec("string", "image")])
     params = [ParamSpec("seed", "long", 0)]
-    if model.kind == "diffusion":
-        cfg = model.config
-        params += [ParamSpec("sampler", "string", cfg.sampler), ParamSpec("steps", "long", cfg.sample_steps)]
-        if model.is_conditional:
-            params.append(ParamSpec("guidance_scale", "double", float(cfg.guidance_scale)))
+    params += [ParamSpec(option.name, option.type, option.default) for option in model.sampling_options()]
     return ModelSignature(inputs=inputs, outputs=outputs, params=ParamSchema(params))
 
 
@@ -102,7 +98,7 @@ def pinned_requirements() -> list[str]:
 
 @contextlib.contextmanager
 def _known_logging_notices_silenced() -> Iterator[None]:
-    """MLflow's two notices for every ``log_model`` of this pyfunc, each a deliberate choice here:
+    """MLflow's two notices for every save of this pyfunc, each a deliberate choice here:
     the model is a Python object (cloudpickled; its class travels in ``code_paths``), and it has a
     signature but no input example (an example would be a request the model answers at log time)."""
     pyfunc_logger = logging.getLogger("mlflow.pyfunc")
@@ -117,28 +113,49 @@ def _known_logging_notices_silenced() -> Iterator[None]:
 
 
 def log_generator(uri: str, run_id: str, checkpoint: str | Path, class_names: list[str]) -> str:
-    """Log the pyfunc into run ``run_id``; returns its ``models:/<model id>`` URI (also tagged on the run).
+    """Log the pyfunc into run ``run_id`` as an MLflow LoggedModel; returns its ``models:/<model id>``
+    URI (also tagged on the run, ``MODEL_URI_TAG``). ``tracking.ModelRun.log_generator`` is the
+    stages' door to it.
 
-    The code travels as ``code_paths`` (a copy of ``components/`` without caches), so the model
-    loads in a process that has no checkout of this repository.
+    Client calls only (no fluent ``set_tracking_uri``/``start_run`` globals): what
+    ``mlflow.pyfunc.log_model`` does, step by step: create the LoggedModel, link it to the run as an
+    output, save the pyfunc into a temporary folder, upload that folder, mark the model READY (FAILED
+    if any step raises). The code travels as ``code_paths`` (a copy of ``components/`` without
+    caches), so the model loads in a process that has no checkout of this repository.
     """
-    import mlflow
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+    from mlflow.models import Model
 
+    from components.tracking import client
     from components.training.checkpoint import model_from_checkpoint
 
-    model = model_from_checkpoint(checkpoint)
-    with tempfile.TemporaryDirectory(prefix="generator-") as tmp:
-        code = Path(tmp) / "components"
-        shutil.copytree(COMPONENTS, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        classes = Path(tmp) / "classes.json"
-        classes.write_text(json.dumps(list(class_names)))
-        mlflow.set_tracking_uri(uri)
-        with mlflow.start_run(run_id=run_id), _known_logging_notices_silenced():
-            info = mlflow.pyfunc.log_model(
-                name=ARTIFACT_PATH, python_model=GeneratorPyfunc(), code_paths=[str(code)],
-                artifacts={"checkpoint": str(checkpoint), "classes": str(classes)},
-                signature=signature_for(model), pip_requirements=pinned_requirements())
-    from components.tracking import client
-
-    client(uri).set_tag(run_id, MODEL_URI_TAG, info.model_uri)
-    return info.model_uri
+    c = client(uri)
+    run = c.get_run(run_id)
+    signature = signature_for(model_from_checkpoint(checkpoint))
+    logged = c.create_logged_model(run.info.experiment_id, name=ARTIFACT_PATH, source_run_id=run_id,
+                                   params=dict(run.data.params))
+    try:
+        c.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+        with tempfile.TemporaryDirectory(prefix="generator-") as tmp:
+            code = Path(tmp) / "components"
+            shutil.copytree(COMPONENTS, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            classes = Path(tmp) / "classes.json"
+            classes.write_text(json.dumps(list(class_names)))
+            local = Path(tmp) / "model"
+            meta = Model(artifact_path=logged.artifact_location, model_uuid=logged.model_id, run_id=run_id,
+                         model_id=logged.model_id)
+            with _known_logging_notices_silenced():
+                mlflow.pyfunc.save_model(
+                    str(local), python_model=GeneratorPyfunc(), code_paths=[str(code)], mlflow_model=meta,
+                    artifacts={"checkpoint": str(checkpoint), "classes": str(classes)},
+                    signature=signature, pip_requirements=pinned_requirements())
+            for cache in local.rglob("__pycache__"):  # save_model loads the model once to check it
+                shutil.rmtree(cache, ignore_errors=True)
+            c.log_model_artifacts(logged.model_id, str(local))
+    except BaseException:
+        c.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+        raise
+    c.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+    model_uri = f"models:/{logged.model_id}"
+    c.set_tag(run_id, MODEL_URI_TAG, model_uri)
+    return model_uri

@@ -6,6 +6,7 @@ rebuilt from the file alone (as nanoGPT stores ``model_args``).
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -66,11 +67,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return payload
 
 
-def model_from_checkpoint(payload_or_path: dict | str | Path, device: str | torch.device = "cpu") -> TrainableModel:
-    """Rebuild a model (networks, optimisers, EMA, step) from a checkpoint alone."""
+def model_from_checkpoint(source: dict | bytes | str | Path, device: str | torch.device = "cpu") -> TrainableModel:
+    """Rebuild a model (networks, optimisers, EMA, step) from a checkpoint alone.
+
+    Args:
+        source: a loaded payload, the checkpoint file's bytes (as a job spec carries it to the
+            workers) or its path (a file, or the folder holding ``checkpoint.pt``).
+        device: where the model is built and the tensors loaded.
+    """
     from components.models import build_model
 
-    payload = payload_or_path if isinstance(payload_or_path, dict) else load_checkpoint(payload_or_path, device)
+    if isinstance(source, bytes):
+        payload = torch.load(io.BytesIO(source), map_location=device, weights_only=True)
+    else:
+        payload = source if isinstance(source, dict) else load_checkpoint(source, device)
     model = build_model(model_config_from_dict(payload["config"]), DataSpec(**payload["data_spec"]), device)
     model.load_state_dict(payload["state"])
     return model

@@ -79,8 +79,8 @@ def warn_if_short(model: TrainableModel, length: RunLength) -> None:
 
 
 class Callback(Protocol):
-    """Hooks into ``fit``: subclass and override what you need, or offer all four (as
-    ``tracking.MlflowCallback`` does, so that tracking needs no import of the loop)."""
+    """Hooks into ``fit``: subclass and override what you need (``callbacks.ProgressBar``,
+    ``callbacks.TrackingCallback``), or offer all four."""
 
     def on_train_start(self, model: TrainableModel, start_epoch: int) -> None: ...
 
