@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -19,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from servers import S3Server, free_port
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow]
@@ -57,7 +60,7 @@ def cluster(docker_env: dict[str, str], image: str, tmp_path_factory: pytest.Tem
     """The compose cluster under a private project name, secrets and ports; taken down with its volumes."""
     env = {**docker_env, "GENMODELS_IMAGE": image, "COMPOSE_PROJECT_NAME": f"gmtest{os.getpid()}",
            "COMPOSE_SECRETS": str(tmp_path_factory.mktemp("compose-secrets")),
-           "MLFLOW_PORT": str(free_port()), "S3_PORT": str(free_port())}  # fmt: skip
+           "MLFLOW_PORT": str(free_port()), "S3_PORT": str(free_port()), "RAY_DASHBOARD_PORT": str(free_port())}  # fmt: skip
     try:
         sh([CLUSTER, "up"], env=env, timeout=600)
         env.update(re.findall(r"(\w+)=(\S+)", sh([CLUSTER, "env"], env=env).stdout))
@@ -105,7 +108,7 @@ def test_image_is_pinned_by_the_registry_and_records_what_it_is(docker_env: dict
 # ---------------------------------------------------------------------------------------------
 
 
-def test_cluster_has_three_ray_nodes_and_publishes_only_mlflow_and_s3_on_loopback(cluster: dict[str, str]) -> None:
+def test_cluster_has_three_ray_nodes_and_publishes_only_mlflow_s3_and_the_dashboard_on_loopback(cluster: dict[str, str]) -> None:
     nodes = json.loads(in_head(cluster, "python -c 'import json, ray; ray.init(logging_level=\"error\"); "
                                          "print(json.dumps([(n[\"NodeManagerHostname\"], n[\"Resources\"].get(\"CPU\", 0)) "
                                          "for n in ray.nodes() if n[\"Alive\"]]))'").splitlines()[-1])
@@ -113,7 +116,7 @@ def test_cluster_has_three_ray_nodes_and_publishes_only_mlflow_and_s3_on_loopbac
     ports = compose(cluster, "ps", "--format", "{{.Service}} {{.Ports}}").stdout
     published = re.findall(r"(\S+):(\d+)->", ports)
     assert published and {host for host, _ in published} == {"127.0.0.1"}
-    assert {p for _, p in published} == {cluster["MLFLOW_PORT"], cluster["S3_PORT"]}
+    assert {p for _, p in published} == {cluster["MLFLOW_PORT"], cluster["S3_PORT"], cluster["RAY_DASHBOARD_PORT"]}
 
 
 def test_mlflow_refuses_anonymous_requests_and_serves_the_pipelines_credentials(cluster: dict[str, str]) -> None:
@@ -128,6 +131,79 @@ def test_mlflow_refuses_anonymous_requests_and_serves_the_pipelines_credentials(
             mp.setenv(key, cluster[key])
         client = mlflow.MlflowClient(cluster["MLFLOW_TRACKING_URI"])
         assert client.get_experiment_by_name("Default") is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray jobs: the way a Ray user launches on an existing cluster, with Ray's own CLI from the host
+# ---------------------------------------------------------------------------------------------
+
+RAY_CLI = str(Path(sys.executable).with_name("ray"))  # the host venv's Ray (the same 2.60 as the image's)
+JOB_WORKSPACE = "/workspace/job"  # its own run folder on the shared volume: the fault tests keep /workspace
+
+
+def ray_job(env: dict[str, str], command: str, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """``ray job COMMAND --address <the published dashboard> ARGS`` from the host, holding the
+    cluster's token as a Ray client does (``RAY_AUTH_MODE=token``, ``RAY_AUTH_TOKEN_PATH``)."""
+    cli = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_API_SERVER_ADDRESS")}
+    cli.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=env["RAY_AUTH_TOKEN_PATH"])
+    return sh([RAY_CLI, "job", command, "--address", env["RAY_API_SERVER_ADDRESS"], *args], env=cli, timeout=timeout,
+              check=check)
+
+
+def test_the_jobs_api_refuses_requests_without_the_clusters_token(cluster: dict[str, str]) -> None:
+    url = f"{cluster['RAY_API_SERVER_ADDRESS']}/api/jobs/"
+    codes = {}
+    for name, headers in {"none": {}, "wrong": {"Authorization": "Bearer " + "0" * 64}}.items():
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10)
+        codes[name] = refused.value.code
+    assert codes == {"none": 401, "wrong": 403}
+    token = Path(cluster["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+    with urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"}), timeout=10) as ok:
+        assert ok.status == 200 and isinstance(json.loads(ok.read()), list)
+
+
+def test_ray_job_submit_runs_the_smoke_pipeline_on_the_cluster(cluster: dict[str, str]) -> None:
+    """`ray job submit ... -- bash /app/infra/run-pipeline` (the image's code, the smoke profile
+    through the job's runtime env) waits for the whole smoke `dvc repro`; the job SUCCEEDED, its
+    logs hold the stages' output, every model has a finite FID in metrics/ of the run folder and a
+    FINISHED MLflow run on the compose server holding the same FID."""
+    job_id = f"smoke-{os.getpid()}-{int(time.time())}"
+    env_vars = {"PIPELINE_PROFILE": "smoke", "WORKSPACE": JOB_WORKSPACE}
+    started = time.monotonic()
+    submitted = ray_job(cluster, "submit", "--submission-id", job_id, "--runtime-env-json",
+                        json.dumps({"env_vars": env_vars}), "--", "bash", "/app/infra/run-pipeline",
+                        timeout=1800, check=False)
+    print(f"\nray job submit (smoke pipeline): {time.monotonic() - started:.0f} s")
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    assert f"Job '{job_id}' succeeded" in ray_job(cluster, "status", job_id).stdout
+    token = Path(cluster["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+    request = urllib.request.Request(f"{cluster['RAY_API_SERVER_ADDRESS']}/api/jobs/{job_id}",
+                                     headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as info:
+        assert json.loads(info.read())["status"] == "SUCCEEDED"
+    logs = ray_job(cluster, "logs", job_id).stdout
+    models = list(yaml.safe_load((ROOT / "params.yaml").read_text())["train"])
+    for stage in ("fetch", "classifier", *(f"{s}@{m}" for s in ("train", "sample", "evaluate") for m in models), "report"):
+        assert f"Running stage '{stage}'" in logs, (stage, logs[-3000:])
+    assert "run-pipeline: profile smoke" in logs
+
+    found = json.loads(in_head(cluster, f"cd {JOB_WORKSPACE} && python -c 'import glob, json; print(json.dumps("
+                                        "{f: json.load(open(f)) for f in glob.glob(\"metrics/*.json\") + "
+                                        "glob.glob(\"models/*/mlflow_run.json\")}))'"))
+    metrics = {m: found[f"metrics/{m}.json"] for m in models}
+    assert all(math.isfinite(v["fid"]) and v["fid"] >= 0 for v in metrics.values()), metrics
+    import mlflow
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            mp.setenv(key, cluster[key])
+        client = mlflow.MlflowClient(cluster["MLFLOW_TRACKING_URI"])
+        for model in models:
+            run = client.get_run(found[f"models/{model}/mlflow_run.json"]["run_id"])
+            assert run.info.status == "FINISHED" and run.info.run_name == model, (model, run.info)
+            assert run.data.tags["image"] == cluster["GENMODELS_IMAGE"]
+            assert run.data.metrics["eval/fid"] == pytest.approx(metrics[model]["fid"])
 
 
 # ---------------------------------------------------------------------------------------------

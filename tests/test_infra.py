@@ -405,7 +405,11 @@ def test_compose_defines_the_cluster_without_literal_secrets() -> None:
         assert service["networks"] == ["genmodels"] and service["init"] is True, name
         for port in service.get("ports", []):
             assert port.startswith("127.0.0.1:"), (name, port)
-    assert {n for n, s in services.items() if s.get("ports")} == {"seaweedfs", "mlflow"}
+    assert {n for n, s in services.items() if s.get("ports")} == {"seaweedfs", "mlflow", "ray-head"}
+    # Ray's dashboard (Jobs and State APIs): on the compose network, published on loopback only
+    assert services["ray-head"]["ports"] == ["127.0.0.1:${RAY_DASHBOARD_PORT:-8265}:8265"]
+    head_start = (ROOT / "infra/compose/serve").read_text().split("  ray-head)")[1].split(";;")[0]
+    assert "--include-dashboard=true --dashboard-host=0.0.0.0 --dashboard-port=8265" in head_start
     assert "--app-name basic-auth" in (ROOT / "infra/compose/serve").read_text()
     for name in ("ray-head", "ray-worker-1", "ray-worker-2"):
         env = services[name]["environment"]
@@ -477,7 +481,10 @@ def test_ray_cluster_yaml_passes_rays_own_schema() -> None:
     gpu_types = [t for t in node_types.values() if t.get("docker", {}).get("worker_image") == UNBUILT_GPU]
     assert gpu_types and all(t["max_workers"] >= 1 for t in gpu_types)
     assert config["head_node_type"] in node_types
-    assert any("ray start --head" in c for c in config["head_start_ray_commands"])
+    (head_start,) = [c for c in config["head_start_ray_commands"] if "ray start --head" in c]
+    # host networking (the launcher's `docker run --net=host`): the dashboard on the head's loopback
+    assert "--include-dashboard=true --dashboard-host=127.0.0.1 --dashboard-port=8265" in head_start
+    assert "0.0.0.0" not in head_start
     assert any("ray start --address=$RAY_HEAD_IP:6379" in c for c in config["worker_start_ray_commands"])
 
 
