@@ -194,12 +194,17 @@ class TrainBase(StrictModel):
     compile: Literal["off", "default", "reduce-overhead"] = "off"
 
 
+R1_DOC = ("weight of the R1 penalty gamma/2 * E||grad_x D(x_real)||^2 in D's loss (Mescheder et al. 2018); "
+          "0 = plain BCE")
+
+
 class GANConfig(TrainBase):
     """MLP GAN (Goodfellow et al. 2014) with the non-saturating generator loss."""
 
     family: Literal["gan"] = "gan"
     latent_dim: PositiveInt = 64
     hidden_dim: PositiveInt = 256
+    r1_gamma: NonNegativeFloat = Field(10.0, description=R1_DOC)
 
 
 class CGANConfig(TrainBase):
@@ -209,6 +214,7 @@ class CGANConfig(TrainBase):
     latent_dim: PositiveInt = 64
     hidden_dim: PositiveInt = 256
     label_embed_dim: PositiveInt = 16
+    r1_gamma: NonNegativeFloat = Field(10.0, description=R1_DOC)
 
 
 class DCGANConfig(TrainBase):
@@ -218,6 +224,7 @@ class DCGANConfig(TrainBase):
     latent_dim: PositiveInt = 64
     g_channels: PositiveInt = 32
     d_channels: PositiveInt = 32
+    r1_gamma: NonNegativeFloat = Field(0.0, description=R1_DOC + "; off: the convolutions keep D smooth")
 
 
 class VAEConfig(TrainBase):

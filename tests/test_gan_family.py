@@ -15,7 +15,8 @@ from torch import Tensor
 from components.models import FAMILIES as REGISTERED
 from components.models import family_kind, model_class
 from components.models.dcgan import feature_map_plan
-from components.models.gan import GAN
+from components.config import CGANConfig, DCGANConfig, GANConfig
+from components.models.gan import GAN, r1_penalty
 
 FAMILIES = [f for f in REGISTERED if family_kind(f) == "gan"]  # every registered adversarial family
 BATCH = 32
@@ -51,6 +52,17 @@ def test_one_adversarial_step_shared_by_every_gan_family(family: str) -> None:
     assert cls.conditional == (family == "cgan")
     assert cls.network_names == ("generator", "discriminator")
     assert set(build(family).optimizers) == {"generator", "discriminator"}
+
+
+def test_r1_penalty_of_a_linear_discriminator() -> None:
+    """For logit = <w, x> + b the gradient is w at every x: the penalty is ||w||^2 (MLP families on, DCGAN off)."""
+    w = torch.randn(1, 2, 3, generator=torch.Generator().manual_seed(0)).requires_grad_(True)  # D's weights
+    images = torch.randn(5, 1, 2, 3).requires_grad_(True)
+    logits = (images * w).flatten(1).sum(1) + 0.5  # (5,)
+    penalty = r1_penalty(logits, images)
+    assert torch.allclose(penalty, w.detach().pow(2).sum())
+    assert penalty.requires_grad  # D's step differentiates through it
+    assert GANConfig().r1_gamma > 0 and CGANConfig().r1_gamma > 0 and DCGANConfig().r1_gamma == 0
 
 
 def test_dcgan_32x32_and_plan() -> None:
