@@ -12,10 +12,10 @@ import torch
 from tiny_models import build, run_steps
 from torch import Tensor
 
+from components.config import CGANConfig, DCGANConfig, GANConfig
 from components.models import FAMILIES as REGISTERED
 from components.models import family_kind, model_class
 from components.models.dcgan import feature_map_plan
-from components.config import CGANConfig, DCGANConfig, GANConfig
 from components.models.gan import GAN, r1_penalty
 
 FAMILIES = [f for f in REGISTERED if family_kind(f) == "gan"]  # every registered adversarial family
