@@ -82,6 +82,8 @@ def run_main(main: Callable[[], None], *errors: type[BaseException]) -> None:
     it). Unless verbose, MLflow's INFO lines and download bars stay off the terminal.
     """
     if not console.verbose():
+        # MLflow sets its loggers' level when it is imported (maybe later, lazily): both ways.
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     started, ok = time.time(), False
