@@ -26,7 +26,10 @@ def status(headers):
         return urllib.request.urlopen(urllib.request.Request(url + "/api/version", headers=headers), timeout=10).status
     except urllib.error.HTTPError as exc:
         return exc.code
-nodes = list_nodes(address=os.environ["RAY_ADDRESS"])
+import time
+deadline = time.monotonic() + 60  # the dashboard lists a node once it has heard of it: soon, not at once
+while not (nodes := list_nodes(address=os.environ["RAY_ADDRESS"])) and time.monotonic() < deadline:
+    time.sleep(1)
 print(json.dumps({"url": url, "nodes": [n.state for n in nodes], "without_token": status({}),
                   "with_token": status({"Authorization": "Bearer " + token})}))
 """
