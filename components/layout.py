@@ -5,6 +5,9 @@ the same paths, and ``tests/test_dvc_deps.py`` checks that the two agree.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 DATA = "data/prepared"
 META = f"{DATA}/meta.json"
 MODELS = "models"
@@ -17,7 +20,35 @@ CLASSIFIER_DIR = f"{MODELS}/{CLASSIFIER}"
 CLASSIFIER_METRICS = f"{METRICS}/{CLASSIFIER}.json"
 REFERENCE_FILE = "reference.npz"  # in CLASSIFIER_DIR: the real images' features
 LOGS = "logs"  # each Ray job's streamed output (logs/<run name>.log) and the stages' times (stages.jsonl)
-STAGE_TIMES = f"{LOGS}/stages.jsonl"
+STAGE_TIMES = "stages.jsonl"  # in logs_dir()
+
+
+def project_root() -> Path:
+    """The project's folder, wherever the stage runs.
+
+    ``dvc exp run --temp`` and queued experiments run the stages in a copy of the workspace under
+    ``.dvc/tmp/exps/`` that DVC deletes afterwards; DVC names the project in ``DVC_ROOT``. What
+    must outlive the copy (the embedded MLflow store, the logs) goes there.
+    """
+    return Path(os.environ.get("DVC_ROOT") or ".").resolve()
+
+
+def dvc_experiment() -> str | None:
+    """The name of the DVC experiment this stage runs for (``DVC_EXP_NAME``), if any."""
+    return os.environ.get("DVC_EXP_NAME") or None
+
+
+def experiment_copy() -> str | None:
+    """The experiment's name when the stage runs in DVC's temporary copy of the workspace, else None."""
+    name = dvc_experiment()
+    return name if name and Path.cwd().resolve() != project_root() else None
+
+
+def logs_dir() -> Path:
+    """``<project>/logs``, or ``<project>/logs/exps/<name>`` for a DVC experiment's stages (two
+    queued experiments run at once and may run Ray jobs of the same name)."""
+    name = dvc_experiment()
+    return project_root() / LOGS / "exps" / name if name else project_root() / LOGS
 
 
 def model_dir(name: str) -> str:

@@ -133,5 +133,6 @@ def register_run(uri: str, run_id: str, experiment_prefix: str, model_name: str,
     metrics = {k: v for k, v in evaluation.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     tags = {"extractor_checksum": str(evaluation.get("extractor_checksum")),
             "data_checksum": run_tags.get("data_checksum", "unknown"), "model_name": model_name,
-            "family": str(evaluation.get("family", run_tags.get("family", "?")))}
+            "family": str(evaluation.get("family", run_tags.get("family", "?"))),
+            **{k: run_tags[k] for k in ("dvc_exp_name", "dvc_exp_baseline_rev") if k in run_tags}}
     return register_evaluated(uri, run_id, registered_name(experiment_prefix, model_name), model_uri, metrics, tags)

@@ -23,6 +23,13 @@ def git_info(root: str | Path = ".") -> dict[str, str]:
         return {"git_commit": os.environ.get("GENMODELS_GIT_COMMIT", "unknown"), "git_dirty": "unknown"}
 
 
+def experiment_info() -> dict[str, str]:
+    """The DVC experiment a run belongs to (``dvc exp run``, ``--temp``, ``--queue``), else ``{}``:
+    its name and the commit it was branched from, as DVC passes them to every stage."""
+    names = {"DVC_EXP_NAME": "dvc_exp_name", "DVC_EXP_BASELINE_REV": "dvc_exp_baseline_rev"}
+    return {tag: os.environ[var] for var, tag in names.items() if os.environ.get(var)}
+
+
 def image_info() -> dict[str, str]:
     """``{"image": <ref@sha256:...>}`` when running in the project image, else ``{}``.
 

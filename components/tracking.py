@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-from components import provenance
+from components import layout, provenance
 from components.config import MlflowConfig
 from components.io import write_json
 from components.models import family_kind
@@ -33,12 +33,25 @@ class TrackingError(RuntimeError):
     """The tracking store is unreachable or refused a write after retries."""
 
 
-def resolve_tracking_uri(cfg: MlflowConfig, project_root: str | Path = ".") -> str:
-    """``MLFLOW_TRACKING_URI`` > ``mlflow.tracking_uri`` > ``sqlite:///<project>/mlflow.db``."""
+def resolve_tracking_uri(cfg: MlflowConfig, project_root: str | Path | None = None) -> str:
+    """``MLFLOW_TRACKING_URI`` > ``mlflow.tracking_uri`` > ``sqlite:///<project>/mlflow.db``.
+
+    The project is ``layout.project_root()`` unless given: a DVC experiment's stages, whatever
+    workspace copy they run in, all track into the project's one store.
+    """
     uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
     if uri:
         return uri
-    return f"sqlite:///{(Path(project_root) / 'mlflow.db').resolve()}"
+    root = layout.project_root() if project_root is None else Path(project_root)
+    return f"sqlite:///{(root / 'mlflow.db').resolve()}"
+
+
+def local_artifact_root(uri: str) -> Path | None:
+    """Where the experiments of a local sqlite store keep their artifacts: ``mlruns/`` beside the
+    database. None for a server, which has its own artifact store."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlruns"
 
 
 def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
@@ -72,9 +85,21 @@ def client(uri: str):
 
 
 def get_or_create_experiment(uri: str, name: str) -> str:
+    """The experiment's id, created if new. A local store's experiment keeps its artifacts beside
+    the database: MLflow's default, ``./mlruns`` of the creating process, would be inside the
+    temporary copy a ``dvc exp run --temp`` runs in, and deleted with it."""
     c = client(uri)
     exp = c.get_experiment_by_name(name)
-    return exp.experiment_id if exp else c.create_experiment(name)
+    if exp:
+        return exp.experiment_id
+    artifacts = local_artifact_root(uri)
+    try:
+        return c.create_experiment(name, artifact_location=(artifacts / name).as_uri() if artifacts else None)
+    except Exception:  # a queued experiment beside this one created it first
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def start_run(uri: str, experiment: str, run_name: str, tags: dict[str, str], params: dict[str, Any],
@@ -330,6 +355,7 @@ def run_tags(*, family: str, model_name: str, seed: int, data_checksum: str, wor
         "profile": profile,
         "dvc_stage": stage,
         **provenance.git_info(),
+        **provenance.experiment_info(),
         **provenance.image_info(),
         **{f"version.{k}": v for k, v in provenance.library_versions().items()},
     }

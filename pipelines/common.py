@@ -104,8 +104,10 @@ def stage_label(argv: Sequence[str]) -> str:
     return f"{stem}@{model}" if model else stem
 
 
-def record_stage_time(stage: str, started: float, seconds: float, ok: bool, path: str = layout.STAGE_TIMES) -> None:
-    """Append one ``{"stage", "started", "seconds", "ok"}`` line; a stage never fails for want of this record."""
+def record_stage_time(stage: str, started: float, seconds: float, ok: bool, path: str | Path | None = None) -> None:
+    """Append one ``{"stage", "started", "seconds", "ok"}`` line (to ``logs_dir()/stages.jsonl``
+    unless ``path`` is given); a stage never fails for want of this record."""
+    path = path or layout.logs_dir() / layout.STAGE_TIMES
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as out:

@@ -31,6 +31,15 @@ TINY = {
 
 def make_project(folder: Path, overrides: dict | None = None) -> Path:
     """Write params.yaml (+ profiles/) into ``folder`` and fetch the synthetic data there."""
+    write_params(folder, overrides)
+    cfg = load_config(folder / "params.yaml")
+    fetch(cfg.data, folder / "data" / "prepared")
+    return folder
+
+
+def write_params(folder: Path, overrides: dict | None = None) -> Path:
+    """params.yaml (profile smoke) and profiles/ into ``folder``, the smoke overlay made tiny (``TINY``,
+    then ``overrides``)."""
     folder.mkdir(parents=True, exist_ok=True)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["profile"] = "smoke"
@@ -41,8 +50,6 @@ def make_project(folder: Path, overrides: dict | None = None) -> Path:
     # the tiny settings go into the smoke overlay: it outranks params.yaml
     smoke = deep_merge(yaml.safe_load((ROOT / "profiles" / "smoke.yaml").read_text()), deep_merge(TINY, overrides or {}))
     (folder / "profiles" / "smoke.yaml").write_text(yaml.safe_dump(smoke, sort_keys=False))
-    cfg = load_config(folder / "params.yaml")
-    fetch(cfg.data, folder / "data" / "prepared")
     return folder
 
 

@@ -110,8 +110,9 @@ def connect(cfg: RayConfig) -> float:
     start = time.perf_counter()
     runtime_env: dict = {"env_vars": {**({} if console.verbose() else console.QUIET_WORKER_ENV), **worker_env()}}
     # Ship the library to the workers, unless the cluster already imports it from this checkout
-    # (infra/local/with-ray starts its head with PYTHONPATH set and GENMODELS_SHIP_CODE=0).
-    if os.environ.get("GENMODELS_SHIP_CODE", "1") != "0":
+    # (infra/local/with-ray starts its head with PYTHONPATH set and GENMODELS_SHIP_CODE=0). A DVC
+    # experiment's copy of the workspace may hold other code than the checkout: it always ships.
+    if os.environ.get("GENMODELS_SHIP_CODE", "1") != "0" or layout.experiment_copy():
         runtime_env["py_modules"] = [str(PROJECT_ROOT / "components")]
     address = os.environ.get("RAY_ADDRESS") or cfg.address
     # The driver's own node address: a local instance stays on loopback; RAY_NODE_IP_ADDRESS names
@@ -132,7 +133,10 @@ def connect(cfg: RayConfig) -> float:
 def run_name(prefix: str, payload: dict[str, Any]) -> str:
     """A Ray run name that changes whenever the job's config does, so resume never mixes configs."""
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    return f"{prefix}-{digest}"
+    # Queued experiments run side by side: on shared (S3) checkpoint storage, two of them with the
+    # same config must not resume from each other's checkpoints.
+    copy = layout.experiment_copy()
+    return f"{prefix}-{copy}-{digest}" if copy else f"{prefix}-{digest}"
 
 
 class StorageError(RuntimeError):
@@ -263,7 +267,7 @@ def run_job(body: Callable[[Job, Session], object], job: Job, *, cfg: RayConfig,
     # Read by the driver and passed on to the Train controller it starts; an explicit environment wins.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(cfg.health_check_interval_s))
     connect(cfg)
-    log = console.route_worker_output(Path(layout.LOGS) / f"{name}.log")
+    log = console.route_worker_output(layout.logs_dir() / f"{name}.log")
     import ray
 
     where = ray.get_runtime_context().gcs_address

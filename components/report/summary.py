@@ -60,7 +60,7 @@ def summary(root: Path, names: list[str], since: float, wall_seconds: float | No
     """The whole summary as text."""
     report = (root / layout.REPORTS / "index.html").resolve()
     lines = ["", "── summary " + "─" * 60,
-             *format_times(stage_times(root / layout.STAGE_TIMES, since), wall_seconds),
+             *format_times(stage_times(root / layout.LOGS / layout.STAGE_TIMES, since), wall_seconds),
              *format_leaderboard(root, names),
              f"report: {report.as_uri() if report.exists() else '(not written)'}",
              f"runs:   mlflow ui --backend-store-uri {tracking_uri}" if not tracking_uri.startswith("http")
