@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -188,7 +188,7 @@ def emit_json(result: dict[str, Any], path: str | None) -> None:
 
 
 def common_args(description: str) -> argparse.ArgumentParser:
-    """The options both scripts take."""
+    """The options every speed script takes (read by ``parse``)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     p.add_argument("--families", default=",".join(FAMILIES), help="comma-separated subset of " + ",".join(FAMILIES))
@@ -204,3 +204,22 @@ def parse_families(text: str) -> list[str]:
     if unknown:
         raise SystemExit(f"error: unknown families {sorted(unknown)}; known: {', '.join(FAMILIES)}")
     return families
+
+
+class Setup(NamedTuple):
+    """A speed script's parsed command line and what it decides."""
+
+    args: argparse.Namespace
+    device: torch.device
+    threads: int
+    families: list[str]
+
+
+def parse(p: argparse.ArgumentParser, cpu_only: bool = False) -> Setup:
+    """Parse ``common_args``' options: with ``--allocator`` (``allocator_args``) re-run under it first,
+    then pick the device (cpu alone with ``cpu_only``), set the threads and check ``--families``."""
+    args = p.parse_args()
+    if "allocator" in vars(args):
+        use_worker_allocator(args.allocator)
+    device = torch.device("cpu") if cpu_only else pick_device(args.device)
+    return Setup(args, device, setup_threads(device, args.threads), parse_families(args.families))

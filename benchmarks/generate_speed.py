@@ -23,9 +23,8 @@ from benchmarks.common import (
     family_configs,
     machine,
     median,
-    parse_families,
+    parse,
     print_table,
-    setup_threads,
     timed,
 )
 from benchmarks.sample_speed import SPEC, draw
@@ -72,13 +71,12 @@ def main() -> None:
     p = common_args(__doc__.split("\n")[0])
     p.add_argument("--batch-size", type=int, default=None, help="images per call (default 256; ddpm 64; quick 16)")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per way (default 3, quick 1)")
-    args = p.parse_args()
-    threads = setup_threads(torch.device("cpu"), args.threads)
+    args, _, threads, families = parse(p, cpu_only=True)
     repeats = args.repeats or (1 if args.quick else 3)
     result: dict[str, Any] = {"benchmark": "generate_speed", **machine(), "device": "cpu", "threads": threads,
                               "repeats": repeats, "quick": args.quick, "families": {}}
     with tempfile.TemporaryDirectory(prefix="generate-speed-") as tmp:
-        for family, cfg in family_configs(args.quick, parse_families(args.families)).items():
+        for family, cfg in family_configs(args.quick, families).items():
             batch = args.batch_size or (16 if args.quick else 64 if family == "ddpm" else 256)
             result["families"][family] = {"batch": batch, **family_speeds(cfg, Path(tmp), batch, repeats)}
             r = result["families"][family]

@@ -44,9 +44,8 @@ from benchmarks.common import (
     family_configs,
     machine,
     median,
-    pick_device,
+    parse,
     print_table,
-    setup_threads,
     timed,
 )
 from components.data.loader import TensorLoader
@@ -254,9 +253,7 @@ def main() -> None:
     p.add_argument("--ddim-steps", type=int, default=None, help="DDIM steps on both sides (default: params.yaml's)")
     p.add_argument("--classifier-epochs", type=int, default=None,
                    help="epochs of the classifier trained here when --classifier has none (default: params.yaml's)")
-    args = p.parse_args()
-    device = pick_device(args.device)
-    threads = setup_threads(device, args.threads)
+    args, device, threads, _ = parse(p)
     q = args.quick
     cfg = family_configs(q, ["ddpm"])["ddpm"]
     if q:  # the smoke DDPM is smaller; compare at params.yaml's architecture, briefly

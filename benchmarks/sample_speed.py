@@ -26,10 +26,8 @@ from benchmarks.common import (
     family_configs,
     machine,
     median,
-    parse_families,
-    pick_device,
+    parse,
     print_table,
-    setup_threads,
     timed,
 )
 from components.data.loader import TensorLoader
@@ -127,13 +125,10 @@ def main() -> None:
     p.add_argument("--fid-samples", type=int, default=None, help="images per sampler for FID (default cpu 256)")
     p.add_argument("--ddim-steps", default=None, help="comma-separated DDIM step counts (default 50,20)")
     p.add_argument("--no-tradeoff", action="store_true", help="skip part 2 (DDPM ancestral vs DDIM with FID)")
-    args = p.parse_args()
-    device = pick_device(args.device)
-    threads = setup_threads(device, args.threads)
+    args, device, threads, families = parse(p)
     gpu = device.type == "cuda"
     batch = args.batch_size or (64 if args.quick else 500 if gpu else 256)
     repeats = args.repeats or (1 if args.quick else 3)
-    families = parse_families(args.families)
     result: dict[str, Any] = {"benchmark": "sample_speed", **machine(), "device": str(device), "batch_size": batch,
                               "threads": threads, "repeats": repeats, "quick": args.quick, "families": {}}
     for family, cfg in family_configs(args.quick, families).items():

@@ -29,10 +29,8 @@ from benchmarks.common import (
     family_configs,
     machine,
     median,
-    parse_families,
+    parse,
     print_table,
-    setup_threads,
-    use_worker_allocator,
     with_settings,
 )
 from benchmarks.train_speed import CPU_STEPS, ProjectRunner, stage_speed, start_ray, stop_ray
@@ -79,10 +77,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=None, help="default 128 (quick: 32)")
     p.add_argument("--repeats", type=int, default=None, help="timed epochs after the warm-up one (default 5)")
     allocator_args(p)
-    args = p.parse_args()
-    use_worker_allocator(args.allocator)
-    threads = setup_threads(torch.device("cpu"), args.threads)
-    families = parse_families(args.families)
+    args, _, threads, families = parse(p, cpu_only=True)
     batch = args.batch_size or (32 if args.quick else 128)
     epochs = 1 + (args.repeats or (2 if args.quick else 5))
     result: dict[str, Any] = {"benchmark": "stage_overhead", **machine(), "device": "cpu", "batch_size": batch,

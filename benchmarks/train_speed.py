@@ -38,11 +38,8 @@ from benchmarks.common import (
     has_module,
     machine,
     median,
-    parse_families,
-    pick_device,
+    parse,
     print_table,
-    setup_threads,
-    use_worker_allocator,
     with_settings,
 )
 from benchmarks.textbook import TextbookRunner
@@ -259,11 +256,7 @@ def main() -> None:
     p.add_argument("--no-stage", action="store_true", help="skip (c), the Ray Train + MLflow run")
     p.add_argument("--stream", action="store_true", help="also run (c) streaming its data (data.loading.mode: stream)")
     allocator_args(p)
-    args = p.parse_args()
-    use_worker_allocator(args.allocator)
-    device = pick_device(args.device)
-    threads = setup_threads(device, args.threads)
-    families = parse_families(args.families)
+    args, device, threads, families = parse(p)
     batch = args.batch_size or (32 if args.quick else 128)
     repeats = args.repeats or (2 if args.quick else 5)
     candidates = (args.candidates or DEFAULT_CANDIDATES[device.type]).split(",")

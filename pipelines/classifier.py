@@ -8,12 +8,13 @@ reference.npz, mlflow_run.json) and ``metrics/classifier.json``.
 
 from __future__ import annotations
 
+import argparse
 import shutil
 
 import numpy as np
 
 from components import layout, tracking
-from components.config import flatten
+from components.config import PipelineConfig, flatten
 from components.data.dataset import DataError, data_checksum, load_meta, load_split, spec_from_meta, split_rows
 from components.distributed.datasets import ArraySource, prepared
 from components.distributed.inference_jobs import merge_chunks, set_source
@@ -24,7 +25,7 @@ from components.io import atomic_dir, write_json
 from components.metrics.held_out import reference_sets
 from components.metrics.suite import sample_metrics
 from components.training.checkpoint import CHECKPOINT_FILE, model_from_checkpoint
-from pipelines.common import StageParser, load_or_exit, parser, run_main
+from pipelines.common import StageParser, parser, run_main
 
 
 def arguments() -> StageParser:
@@ -36,9 +37,7 @@ def arguments() -> StageParser:
     return p
 
 
-def main() -> None:
-    args = arguments().parse_args()
-    cfg = load_or_exit(args)
+def main(args: argparse.Namespace, cfg: PipelineConfig) -> None:
     ccfg, n = cfg.classifier, cfg.evaluate.num_samples
     meta, train, test = load_meta(args.data), load_split(args.data, "train"), load_split(args.data, "test")
     spec = spec_from_meta(meta)
@@ -96,4 +95,4 @@ def _accuracy(classifier, images: np.ndarray, labels: np.ndarray) -> float:
 
 
 if __name__ == "__main__":
-    run_main(main, DataError, tracking.TrackingError, FileNotFoundError, RuntimeError)
+    run_main(arguments, main, DataError, tracking.TrackingError, FileNotFoundError, RuntimeError)

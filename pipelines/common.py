@@ -75,8 +75,10 @@ def load_or_exit(args: argparse.Namespace) -> PipelineConfig:
     return cfg
 
 
-def run_main(main: Callable[[], None], *errors: type[BaseException]) -> None:
-    """Run ``main``; expected failures become a one-line ``error:`` and exit 1 (no traceback).
+def run_main(arguments: Callable[[], StageParser], main: Callable[[argparse.Namespace, PipelineConfig], None],
+             *errors: type[BaseException]) -> None:
+    """Parse the command line with ``arguments()``, load the config (exit 2 if invalid) and run
+    ``main(args, cfg)``; expected failures become a one-line ``error:`` and exit 1 (no traceback).
 
     Either way the stage's time is appended to ``logs/stages.jsonl`` (``make run``'s summary reads
     it). Unless verbose, MLflow's INFO lines and download bars stay off the terminal.
@@ -88,7 +90,8 @@ def run_main(main: Callable[[], None], *errors: type[BaseException]) -> None:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     started, ok = time.time(), False
     try:
-        main()
+        args = arguments().parse_args()
+        main(args, load_or_exit(args))
         ok = True
     except errors as exc:
         print(f"error: {exc}", file=sys.stderr)

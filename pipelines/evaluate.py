@@ -8,6 +8,7 @@ and to the model's MLflow run as ``eval/*``, beside the floor and ceiling rows.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import shutil
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from components import layout, tracking
+from components.config import PipelineConfig
 from components.data.dataset import DataError, load_split
 from components.distributed.datasets import ArraySource
 from components.distributed.inference_jobs import features_job, merge_chunks, set_source
@@ -26,7 +28,7 @@ from components.metrics.conditional import conditional_accuracy
 from components.metrics.held_out import held_out_scores
 from components.metrics.suite import sample_metrics
 from components.training.checkpoint import CHECKPOINT_FILE, model_from_checkpoint
-from pipelines.common import MODEL, StageParser, load_or_exit, parser, run_main
+from pipelines.common import MODEL, StageParser, parser, run_main
 
 
 def arguments() -> StageParser:
@@ -41,9 +43,7 @@ def arguments() -> StageParser:
     return p
 
 
-def main() -> None:
-    args = arguments().parse_args()
-    cfg = load_or_exit(args)
+def main(args: argparse.Namespace, cfg: PipelineConfig) -> None:
     name, ecfg = args.model, cfg.evaluate
     model_dir, samples_dir, classifier_dir = Path(args.model_dir), Path(args.samples), Path(args.classifier)
     uri = tracking.resolve_tracking_uri(cfg.mlflow)
@@ -88,4 +88,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main(main, ClusterUnreachable, StorageError, DataError, tracking.TrackingError, FileNotFoundError)
+    run_main(arguments, main, ClusterUnreachable, StorageError, DataError, tracking.TrackingError, FileNotFoundError)

@@ -7,12 +7,14 @@ Exit codes: 0 done, 1 the data could not be fetched or failed a check, 2 invalid
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 
 from components import layout
+from components.config import PipelineConfig
 from components.data.fetch import FetchError, fetch
-from pipelines.common import StageParser, load_or_exit, parser, run_main
+from pipelines.common import StageParser, parser, run_main
 
 
 def arguments() -> StageParser:
@@ -22,9 +24,7 @@ def arguments() -> StageParser:
     return p
 
 
-def main() -> None:
-    args = arguments().parse_args()
-    cfg = load_or_exit(args)
+def main(args: argparse.Namespace, cfg: PipelineConfig) -> None:
     start = time.perf_counter()
     meta = fetch(cfg.data, args.out, progress=sys.stderr.isatty())
     c, h, w = meta["shape"]
@@ -38,4 +38,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main(main, FetchError)
+    run_main(arguments, main, FetchError)

@@ -8,13 +8,15 @@ and ``reports/leaderboard.md``, both at once or neither.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from components import layout
+from components.config import PipelineConfig
 from components.io import atomic_dir
 from components.report.html import build_report
 from components.report.leaderboard import REPORT_INPUTS, ReportInputError
-from pipelines.common import StageParser, load_or_exit, parser, run_main
+from pipelines.common import StageParser, parser, run_main
 
 
 def arguments() -> StageParser:
@@ -26,9 +28,7 @@ def arguments() -> StageParser:
     return p
 
 
-def main() -> None:
-    args = arguments().parse_args()
-    cfg = load_or_exit(args)
+def main(args: argparse.Namespace, cfg: PipelineConfig) -> None:
     page, markdown = build_report(cfg, Path(args.root))
     with atomic_dir(args.out) as tmp:
         (tmp / "index.html").write_text(page, encoding="utf-8")
@@ -38,4 +38,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main(main, ReportInputError)
+    run_main(arguments, main, ReportInputError)

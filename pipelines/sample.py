@@ -8,6 +8,7 @@ Same seed => same samples, whatever the number of workers.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import shutil
 import time
@@ -16,12 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from components import layout, tracking
+from components.config import PipelineConfig
 from components.distributed.inference_jobs import merge_chunks, sample_job
 from components.distributed.jobs import SampleJob
 from components.distributed.runner import ClusterUnreachable, StorageError, run_job, run_name
 from components.io import atomic_dir
 from components.report.grid import make_grid
-from pipelines.common import MODEL, StageParser, load_or_exit, parser, run_main
+from pipelines.common import MODEL, StageParser, parser, run_main
 
 
 def arguments() -> StageParser:
@@ -32,9 +34,7 @@ def arguments() -> StageParser:
     return p
 
 
-def main() -> None:
-    args = arguments().parse_args()
-    cfg = load_or_exit(args)
+def main(args: argparse.Namespace, cfg: PipelineConfig) -> None:
     name, scfg = args.model, cfg.sample
     model_dir, out = Path(args.model_dir), Path(args.out)
     uri = tracking.resolve_tracking_uri(cfg.mlflow)
@@ -66,4 +66,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main(main, ClusterUnreachable, StorageError, tracking.TrackingError, FileNotFoundError)
+    run_main(arguments, main, ClusterUnreachable, StorageError, tracking.TrackingError, FileNotFoundError)

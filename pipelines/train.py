@@ -6,11 +6,13 @@ and ``plots/train/NAME.csv``. Re-running after an interruption resumes from the 
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from pathlib import Path
 
 from components import layout, tracking
+from components.config import PipelineConfig
 from components.data.dataset import DataError, data_checksum, load_meta, spec_from_meta, split_rows
 from components.distributed import runner
 from components.distributed.datasets import prepared
@@ -20,7 +22,7 @@ from components.distributed.train_jobs import HISTORY_FILE, train_job, worker_re
 from components.io import atomic_dir, atomic_path, write_json
 from components.report.curves import history_to_csv, plot_losses
 from components.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, model_from_checkpoint
-from pipelines.common import MODEL, StageParser, load_or_exit, parser, run_main
+from pipelines.common import MODEL, StageParser, parser, run_main
 
 
 def arguments() -> StageParser:
@@ -32,9 +34,7 @@ def arguments() -> StageParser:
     return p
 
 
-def main() -> None:
-    args = arguments().parse_args()
-    cfg = load_or_exit(args)
+def main(args: argparse.Namespace, cfg: PipelineConfig) -> None:
     name, mcfg = args.model, cfg.train[args.model]
     out = Path(args.out)
     if not args.plain:
@@ -98,4 +98,4 @@ def _run_marker(cfg, ray_name: str) -> Path:
 
 
 if __name__ == "__main__":
-    run_main(main, runner.ClusterUnreachable, runner.JobFailed, StorageError, DataError, tracking.TrackingError, FileNotFoundError)
+    run_main(arguments, main, runner.ClusterUnreachable, runner.JobFailed, StorageError, DataError, tracking.TrackingError, FileNotFoundError)

@@ -33,10 +33,18 @@ def minimal() -> dict:
     return {"train": {"gan": {"family": "gan"}, "ddpm_small": {"family": "ddpm", "base_channels": 8}}}
 
 
-def problems(tmp_path: Path, params: dict) -> list[str]:
+def problems(tmp_path: Path, params: dict | Path) -> list[str]:
+    """The problems ``load_config`` finds in ``params`` (written as params.yaml), or in the file ``params``."""
     with pytest.raises(ConfigError) as info:
-        load_config(write_params(tmp_path, params))
+        load_config(params if isinstance(params, Path) else write_params(tmp_path, params))
     return info.value.problems
+
+
+def with_smoke_overlay(tmp_path: Path, overlay: str) -> Path:
+    """params.yaml: the minimal params with profile smoke, whose overlay profiles/smoke.yaml is ``overlay``."""
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "smoke.yaml").write_text(overlay)
+    return write_params(tmp_path, {**minimal(), "profile": "smoke"})
 
 
 def test_repository_params_and_every_profile_validate():
@@ -128,9 +136,7 @@ def test_rgb_64px_image_folder_with_a_deep_unet_validates(tmp_path):
 
 
 def test_overrides_and_precedence(tmp_path):
-    path = write_params(tmp_path, {**minimal(), "profile": "smoke"})
-    (tmp_path / "profiles").mkdir()
-    (tmp_path / "profiles" / "smoke.yaml").write_text("families: {gan: {epochs: 2, lr: 0.5}, ddpm: {epochs: 3}}\n")
+    path = with_smoke_overlay(tmp_path, "families: {gan: {epochs: 2, lr: 0.5}, ddpm: {epochs: 3}}\n")
     cfg = load_config(path)
     assert cfg.train["gan"].epochs == 2 and cfg.train["gan"].lr == 0.5  # overlay beats params.yaml
     # keyed by family: a new model section inherits its family's settings, over its own
@@ -172,14 +178,9 @@ def test_schema_export_is_valid_json_schema_and_accepts_params():
 
 
 def test_an_overlay_keyed_by_model_name_says_what_it_is_called_now(tmp_path):
-    path = write_params(tmp_path, {**minimal(), "profile": "smoke"})
-    (tmp_path / "profiles").mkdir()
-    (tmp_path / "profiles" / "smoke.yaml").write_text("train: {gan: {epochs: 2}}\nfamilies: {gann: {}}\n")
-    with pytest.raises(ConfigError) as err:
-        load_config(path)
-    assert any(p.startswith("train: overlays are keyed by family") and "families.<family>" in p
-               for p in err.value.problems), err.value.problems
-    assert any(p.startswith("families.gann: not a model family") for p in err.value.problems)
+    found = problems(tmp_path, with_smoke_overlay(tmp_path, "train: {gan: {epochs: 2}}\nfamilies: {gann: {}}\n"))
+    assert any(p.startswith("train: overlays are keyed by family") and "families.<family>" in p for p in found), found
+    assert any(p.startswith("families.gann: not a model family") for p in found)
 
 
 @pytest.mark.parametrize("overlay", sorted((ROOT / "profiles").glob("*.yaml")), ids=lambda p: p.stem)
@@ -210,12 +211,8 @@ def test_a_renamed_section_says_what_it_is_called_now(tmp_path):
     """`evaluator:` (the metrics' CNN) is `classifier:` now, in params.yaml and in an overlay."""
     found = problems(tmp_path, {**minimal(), "evaluator": {"epochs": 1}})
     assert any("evaluator: renamed, it is called classifier now" in p for p in found), found
-    path = write_params(tmp_path, {**minimal(), "profile": "smoke"})
-    (tmp_path / "profiles").mkdir()
-    (tmp_path / "profiles" / "smoke.yaml").write_text("evaluator: {epochs: 1}\n")
-    with pytest.raises(ConfigError) as err:
-        load_config(path)
-    assert err.value.problems == ["evaluator: renamed, it is called classifier now"]
+    found = problems(tmp_path, with_smoke_overlay(tmp_path, "evaluator: {epochs: 1}\n"))
+    assert found == ["evaluator: renamed, it is called classifier now"]
 
 
 def test_no_model_may_take_the_classifier_folder(tmp_path):

@@ -7,6 +7,7 @@ name and ports), all stopped at the end. Docker missing and not installable: one
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -19,6 +20,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -119,17 +121,23 @@ def test_cluster_has_three_ray_nodes_and_publishes_only_mlflow_s3_and_the_dashbo
     assert {p for _, p in published} == {cluster["MLFLOW_PORT"], cluster["S3_PORT"], cluster["RAY_DASHBOARD_PORT"]}
 
 
-def test_mlflow_refuses_anonymous_requests_and_serves_the_pipelines_credentials(cluster: dict[str, str]) -> None:
+@contextlib.contextmanager
+def mlflow_client(cluster: dict[str, str]) -> Iterator[Any]:
+    """An ``MlflowClient`` of the cluster's MLflow, with the pipeline's credentials in the environment while in use."""
     import mlflow
 
+    with pytest.MonkeyPatch.context() as mp:
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            mp.setenv(key, cluster[key])
+        yield mlflow.MlflowClient(cluster["MLFLOW_TRACKING_URI"])
+
+
+def test_mlflow_refuses_anonymous_requests_and_serves_the_pipelines_credentials(cluster: dict[str, str]) -> None:
     url = f"{cluster['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/experiments/search?max_results=1"
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(url, timeout=10)
     assert refused.value.code == 401
-    with pytest.MonkeyPatch.context() as mp:
-        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-            mp.setenv(key, cluster[key])
-        client = mlflow.MlflowClient(cluster["MLFLOW_TRACKING_URI"])
+    with mlflow_client(cluster) as client:
         assert client.get_experiment_by_name("Default") is not None
 
 
@@ -193,12 +201,7 @@ def test_ray_job_submit_runs_the_smoke_pipeline_on_the_cluster(cluster: dict[str
                                         "glob.glob(\"models/*/mlflow_run.json\")}))'"))
     metrics = {m: found[f"metrics/{m}.json"] for m in models}
     assert all(math.isfinite(v["fid"]) and v["fid"] >= 0 for v in metrics.values()), metrics
-    import mlflow
-
-    with pytest.MonkeyPatch.context() as mp:
-        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-            mp.setenv(key, cluster[key])
-        client = mlflow.MlflowClient(cluster["MLFLOW_TRACKING_URI"])
+    with mlflow_client(cluster) as client:
         for model in models:
             run = client.get_run(found[f"models/{model}/mlflow_run.json"]["run_id"])
             assert run.info.status == "FINISHED" and run.info.run_name == model, (model, run.info)

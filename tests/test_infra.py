@@ -560,6 +560,18 @@ def test_every_pod_is_non_root_with_requests_limits_and_settings(overlay: str) -
     assert rayjob["spec"]["entrypoint"] == "bash /app/infra/run-pipeline"
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_mlflow_gets_its_store_urls_from_the_environment_not_its_command_line(overlay: str) -> None:
+    """The backend store URL holds the database password: MLflow's CLI reads it from
+    MLFLOW_BACKEND_STORE_URI (the Secret), so no argument names a store or expands a variable."""
+    (deployment,) = of_kind(rendered(overlay), "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    argv = [*container["command"], *container.get("args", [])]
+    assert argv[:2] == ["mlflow", "server"], argv
+    assert not any("store-uri" in a or "artifacts-destination" in a or "$" in a for a in argv), argv
+    assert {"genmodels-config", "genmodels-secrets"} <= {next(iter(r.values()))["name"] for r in container["envFrom"]}
+
+
 def test_overlays_set_profile_and_worker_hardware() -> None:
     def summary(overlay: str) -> tuple[str, list[tuple[str, int, Any]]]:
         docs = rendered(overlay)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from components.data.shards import FORMAT, REFETCH, ShardError, read_split
 from components.data.spec import DataSpec
+
+T = TypeVar("T")
 
 
 class DataError(Exception):
@@ -31,12 +35,21 @@ def load_split(data_dir: str | Path, split: str) -> Split:
     Raises:
         DataError: one line naming the missing, truncated or corrupt file and saying to re-run fetch.
     """
+    images, labels = checked(read_split, data_dir, split)
+    return Split(images=images, labels=labels)
+
+
+def checked(read: Callable[[Path, str, dict], T], data_dir: str | Path, split: str) -> T:
+    """``read(folder, split, meta)`` on the fetch stage's output, a shard's problem raised as ``DataError``.
+
+    Raises:
+        DataError: one line naming the missing, truncated or corrupt file and saying to re-run fetch.
+    """
     meta = load_meta(data_dir)
     try:
-        images, labels = read_split(Path(data_dir), split, meta)
+        return read(Path(data_dir), split, meta)
     except ShardError as exc:
         raise DataError(str(exc)) from None
-    return Split(images=images, labels=labels)
 
 
 def load_meta(data_dir: str | Path) -> dict:

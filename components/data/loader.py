@@ -16,7 +16,25 @@ import torch
 from torch import Tensor
 
 
-class TensorLoader:
+class _Batches:
+    """What both loaders share: an epoch to set, a length in batches, uint8 to float [-1, 1]."""
+
+    epoch: int
+    num_batches: int
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    @staticmethod
+    def to_float(images: Tensor) -> Tensor:
+        """uint8 ``(B, C, H, W)`` -> float in [-1, 1]."""
+        return images.float().div_(127.5).sub_(1.0)
+
+
+class TensorLoader(_Batches):
     """Iterate ``(images, labels)`` batches: float ``(B, C, H, W)`` in [-1, 1] and int64 ``(B,)``.
 
     Args:
@@ -55,12 +73,6 @@ class TensorLoader:
         if self.num_batches == 0:
             raise ValueError(f"{n} images cannot fill one batch of {batch_size}")
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_batches
-
     def epoch_indices(self) -> Tensor:
         """The order of the rows in the current epoch (on the CPU)."""
         n = len(self.images)
@@ -74,11 +86,11 @@ class TensorLoader:
             idx = index[b * self.batch_size : (b + 1) * self.batch_size]
             # index_select, not images[idx]: the same rows, ~3x cheaper on the CPU (advanced
             # indexing takes a general path); see docs/benchmarks.md.
-            images = self.images.index_select(0, idx).float().div_(127.5).sub_(1.0)  # (B, C, H, W) in [-1, 1]
+            images = self.to_float(self.images.index_select(0, idx))  # (B, C, H, W) in [-1, 1]
             yield images, self.labels.index_select(0, idx)
 
 
-class StreamLoader:
+class StreamLoader(_Batches):
     """Iterate ``(images, labels)`` batches like ``TensorLoader`` from uint8 batches read as they are used.
 
     Args:
@@ -98,12 +110,6 @@ class StreamLoader:
         if self.num_batches == 0:
             raise ValueError(f"{rows} images per worker cannot fill one batch of {batch_size}")
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_batches
-
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         done = 0
         for batch in self.batches(self.epoch):  # read to the end: Ray's split starts the next epoch after it
@@ -111,7 +117,7 @@ class StreamLoader:
                 continue  # every rank runs the same number of full steps (DDP)
             # torch.tensor copies: the batch is a read-only view of Arrow buffers
             images = torch.tensor(batch["image"], device=self.device).view(-1, *self.shape)
-            yield images.float().div_(127.5).sub_(1.0), torch.tensor(batch["label"], device=self.device)  # (B, C, H, W)
+            yield self.to_float(images), torch.tensor(batch["label"], device=self.device)  # (B, C, H, W)
             done += 1
         if done < self.num_batches:
             raise RuntimeError(f"the data stream ended after {done} of {self.num_batches} batches")

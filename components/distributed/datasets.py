@@ -22,8 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from components.data.dataset import DataError, load_meta
-from components.data.shards import ShardError, image_table, table_arrays, verify_split
+from components.data.dataset import checked
+from components.data.shards import image_table, table_arrays, verify_split
 
 ROWS_PER_BLOCK = 256  # rows per Ray Data block: the granularity of the split over the ranks
 PAD = -1  # ArraySource's ``index`` of the rows that pad a set to a multiple of the world size
@@ -133,11 +133,7 @@ def prepared(data_dir: str | Path, split: str) -> PreparedSource:
     Raises:
         DataError: one line naming the missing, truncated or corrupt file and saying to re-run fetch.
     """
-    meta = load_meta(data_dir)
-    try:
-        files = verify_split(Path(data_dir), split, meta)
-    except ShardError as exc:
-        raise DataError(str(exc)) from None
+    files = checked(verify_split, data_dir, split)
     return PreparedSource(tuple(str(f.resolve()) for f in files))
 
 

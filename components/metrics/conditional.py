@@ -15,35 +15,11 @@ from torch import Tensor
 from components.metrics.features import apply_batched
 
 
-def predict_labels(
-    logits_fn: Callable[[Tensor], Tensor],
-    images: np.ndarray | Tensor,
-    batch_size: int = 500,
-    device: torch.device | str = "cpu",
-    progress: bool = False,
-) -> np.ndarray:
-    """Arg-max classes of uint8 images.
-
-    Args:
-        logits_fn: uint8 ``(B, C, H, W)`` -> ``(B, num_classes)`` logits, e.g.
-            ``FeatureExtractor.classify``.
-        images: uint8 ``(N, C, H, W)``.
-        batch_size: images per forward pass.
-        device: where ``logits_fn`` runs.
-        progress: show a tqdm bar.
-
-    Returns:
-        int64 ``(N,)`` predicted classes.
-    """
-    logits = apply_batched(logits_fn, images, batch_size, device, progress)  # (N, num_classes)
-    return logits.argmax(axis=1).astype(np.int64)
-
-
 def conditional_accuracy(predicted: np.ndarray | Tensor, requested: np.ndarray | Tensor) -> float:
     """Share of samples whose predicted class is the requested one.
 
     Args:
-        predicted: ``(N,)`` classes the classifier sees (``predict_labels``).
+        predicted: ``(N,)`` classes the classifier sees (the arg-max of its logits).
         requested: ``(N,)`` classes the generator was asked for.
 
     Returns:
@@ -77,4 +53,5 @@ def classifier_accuracy(
     Returns:
         Accuracy in [0, 1].
     """
-    return conditional_accuracy(predict_labels(logits_fn, images, batch_size, device), labels)
+    logits = apply_batched(logits_fn, images, batch_size, device)  # (N, num_classes)
+    return conditional_accuracy(logits.argmax(axis=1), labels)

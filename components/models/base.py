@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import hashlib
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +19,8 @@ from components.data.spec import DataSpec
 
 if TYPE_CHECKING:
     from components.models.sampling import SamplingOption
+
+T = TypeVar("T")
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -62,6 +64,14 @@ def state_checksum(state_dict: Mapping[str, Tensor]) -> str:
 def rank_seed(seed: int, rank: int, epoch: int) -> int:
     """A distinct, reproducible seed per (run seed, worker rank, epoch)."""
     return (seed * 1_000_003 + rank * 10_007 + epoch * 101 + 17) % (2**63 - 1)
+
+
+def build_seeded(seed: int, build: Callable[[], T]) -> T:
+    """``build()`` under a private CPU seed: the same ``seed`` gives the same weights on any device
+    (build on the CPU, then move), and the caller's global RNG stream is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
 
 
 class TrainableModel(abc.ABC):

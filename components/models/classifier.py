@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from components.config import ClassifierConfig
 from components.data.spec import DataSpec
-from components.models.base import TrainableModel, state_checksum, unwrap
+from components.models.base import TrainableModel, build_seeded, state_checksum, unwrap
 
 
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -123,10 +123,8 @@ class Classifier(TrainableModel):
 
     def __init__(self, config: ClassifierConfig, spec: DataSpec, device: torch.device | str = "cpu"):
         super().__init__(config, spec, device)
-        # Seed the initial weights without disturbing the caller's global RNG.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            self.net: nn.Module = ClassifierNet(spec, config.width, config.feature_dim).to(self.device)
+        net = build_seeded(config.seed, lambda: ClassifierNet(spec, config.width, config.feature_dim))
+        self.net: nn.Module = net.to(self.device)
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"net": self.make_adam(self.net)}

@@ -38,6 +38,14 @@ def feature_map_plan(size: int) -> tuple[int, int]:
     return levels, base
 
 
+def square_plan(shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """``(C, levels, base)`` for a square image ``shape`` ``(C, H, W)``: its channels and ``feature_map_plan(H)``."""
+    c, h, w = shape
+    if h != w:
+        raise ValueError(f"DCGAN needs square images, got {h}x{w}")
+    return (c, *feature_map_plan(h))
+
+
 def dcgan_init(module: nn.Module) -> None:
     """Radford et al.'s initialisation: conv weights N(0, 0.02), batch-norm scale N(1, 0.02), shift 0."""
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
@@ -60,10 +68,7 @@ class ConvGenerator(nn.Module):
 
     def __init__(self, latent_dim: int, channels: int, shape: tuple[int, int, int]):
         super().__init__()
-        c, h, w = shape
-        if h != w:
-            raise ValueError(f"DCGAN needs square images, got {h}x{w}")
-        levels, base = feature_map_plan(h)
+        c, levels, base = square_plan(shape)
         width = channels * 2 ** (levels - 1)
         # "Project and reshape" as one transposed conv on a 1x1 map: (B, z, 1, 1) -> (B, width, base, base).
         layers: list[nn.Module] = [
@@ -96,10 +101,7 @@ class ConvDiscriminator(nn.Module):
 
     def __init__(self, channels: int, shape: tuple[int, int, int]):
         super().__init__()
-        c, h, w = shape
-        if h != w:
-            raise ValueError(f"DCGAN needs square images, got {h}x{w}")
-        levels, base = feature_map_plan(h)
+        c, levels, base = square_plan(shape)
         width = channels
         # No batch norm on the first layer (Radford et al.: it made training unstable).
         layers: list[nn.Module] = [nn.Conv2d(c, width, 4, 2, 1), nn.LeakyReLU(0.2, True)]

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from components.data.spec import DataSpec
-from components.models.base import GenerativeModel, to_uint8
+from components.models.base import GenerativeModel, build_seeded, to_uint8
 from components.models.sampling import SamplingOption
 
 if TYPE_CHECKING:
@@ -413,17 +413,14 @@ class DDPM(GenerativeModel):
     def __init__(self, config: DDPMConfig, spec: DataSpec, device: torch.device | str = "cpu"):
         super().__init__(config, spec, device)
         self.config: DDPMConfig = config
-        # Build on the CPU under a private seed: same weights on any device, global RNG untouched.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            denoiser = UNet(
-                spec,
-                config.base_channels,
-                config.channel_mults,
-                config.num_res_blocks,
-                config.attention,
-                spec.num_classes if config.conditional else None,
-            )
+        denoiser = build_seeded(config.seed, lambda: UNet(
+            spec,
+            config.base_channels,
+            config.channel_mults,
+            config.num_res_blocks,
+            config.attention,
+            spec.num_classes if config.conditional else None,
+        ))
         self.denoiser: nn.Module = denoiser.to(self.device)
         self.ema: nn.Module = copy.deepcopy(denoiser).requires_grad_(False).eval().to(self.device)
         self.schedule = NoiseSchedule(config.timesteps, config.schedule, config.beta_start, config.beta_end)

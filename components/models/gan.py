@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from components.config import GANConfig
 from components.data.spec import DataSpec
-from components.models.base import GenerativeModel, to_uint8
+from components.models.base import GenerativeModel, build_seeded, to_uint8
 
 
 def generator_layers(in_dim: int, hidden_dim: int, out_dim: int) -> list[nn.Module]:
@@ -130,11 +130,7 @@ class GAN(GenerativeModel):
 
     def __init__(self, config: GANConfig, spec: DataSpec, device: torch.device | str = "cpu"):
         super().__init__(config, spec, device)
-        # Build on CPU under a private seed, then move: same seed -> same weights on any
-        # device, and the caller's global RNG stream is left as it was.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            generator, discriminator = self.build_networks()
+        generator, discriminator = build_seeded(config.seed, self.build_networks)
         self.generator: nn.Module = generator.to(self.device)
         self.discriminator: nn.Module = discriminator.to(self.device)
 

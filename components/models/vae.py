@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from components.data.spec import DataSpec
-from components.models.base import GenerativeModel, to_uint8
+from components.models.base import GenerativeModel, build_seeded, to_uint8
 
 if TYPE_CHECKING:
     from components.config import VAEConfig
@@ -153,11 +153,8 @@ class VAE(GenerativeModel):
     def __init__(self, config: VAEConfig, spec: DataSpec, device: torch.device | str = "cpu"):
         super().__init__(config, spec, device)
         self.config: VAEConfig = config
-        # Build on the CPU under a private seed: same config.seed, same weights on any device,
-        # and the global RNG is left as it was.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            encoder, decoder = build_networks(config.architecture, spec, config.hidden_dim, config.latent_dim)
+        encoder, decoder = build_seeded(
+            config.seed, lambda: build_networks(config.architecture, spec, config.hidden_dim, config.latent_dim))
         self.encoder: nn.Module = encoder.to(self.device)
         self.decoder: nn.Module = decoder.to(self.device)
 
