@@ -83,14 +83,14 @@ def run_main(arguments: Callable[[], StageParser], main: Callable[[argparse.Name
     Either way the stage's time is appended to ``logs/stages.jsonl`` (``make run``'s summary reads
     it). Unless verbose, MLflow's INFO lines and download bars stay off the terminal.
     """
-    if not console.verbose():
-        # MLflow sets its loggers' level when it is imported (maybe later, lazily): both ways.
-        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     started, ok = time.time(), False
     try:
-        args = arguments().parse_args()
+        args = arguments().parse_args()  # first: -v decides what follows
+        if not console.verbose():
+            # MLflow sets its loggers' level when it is imported (maybe later, lazily): both ways.
+            os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+            logging.getLogger("mlflow").setLevel(logging.WARNING)
+            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         main(args, load_or_exit(args))
         ok = True
     except errors as exc:

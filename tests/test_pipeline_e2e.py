@@ -26,7 +26,8 @@ from servers import S3Server, local_stack_env
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = list(yaml.safe_load((ROOT / "params.yaml").read_text())["train"])  # params.yaml's model sections
+#: params.yaml's model sections, plus the GAN again under another seed (the report's table across seeds)
+MODELS = [*yaml.safe_load((ROOT / "params.yaml").read_text())["train"], "gan_seed1"]
 #: every output folder or file the pipeline declares (dvc.yaml outs, metrics and plots)
 OUTPUTS = ("data/prepared", "models", "samples", "metrics", "plots", "reports")
 
@@ -99,7 +100,8 @@ def repo(tmp_path_factory, stack) -> Path:
             (repo / name).write_bytes((ROOT / name).read_bytes())
             (repo / name).chmod((ROOT / name).stat().st_mode)
     params = (repo / "params.yaml").read_text()
-    (repo / "params.yaml").write_text(params.replace("profile: default", "profile: smoke", 1))
+    params = params.replace("profile: default", "profile: smoke", 1).replace("  gan:\n", "  gan: &gan\n", 1)
+    (repo / "params.yaml").write_text(params.replace("  cgan:\n", "  gan_seed1: {<<: *gan, seed: 1}\n  cgan:\n", 1))
     sh(["git", "init", "-q"], repo)
     # the repository's own identity: `dvc exp run` commits, and CI's HOME has no ~/.gitconfig
     sh(["git", "config", "user.name", "genmodels e2e"], repo)
@@ -143,6 +145,16 @@ def test_metrics_are_finite_for_all_five_families(reproduced):
     assert "test_noise_loss" in json.loads((repo / "metrics" / "ddpm.json").read_text())
     shown = sh(["dvc", "metrics", "show", "--json"], repo).stdout
     assert all(f"metrics/{m}.json" in shown for m in MODELS)
+
+
+def test_report_reads_the_gans_two_seeds_as_one(reproduced):
+    repo, _ = reproduced
+    seeds = (repo / "reports" / "leaderboard.md").read_text(encoding="utf-8").split("## Across seeds", 1)[1]
+    gan = next(line for line in seeds.splitlines() if line.startswith("| ") and "| gan |" in line)
+    assert "| 0, 1 |" in gan and " ± " in gan.split("|")[5], gan  # FID mean ± std across the two seeds
+    fids = [json.loads((repo / "metrics" / f"{m}.json").read_text())["fid"] for m in ("gan", "gan_seed1")]
+    assert fids[0] != fids[1]  # another seed trained another model
+    assert f"{sum(fids) / 2:.2f}" in gan.split("|")[5]
 
 
 def runs_by_name(stack: dict[str, str]) -> tuple[MlflowClient, dict]:

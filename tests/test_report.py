@@ -24,6 +24,7 @@ from components.report.leaderboard import (
     load_inputs,
     training_compute,
 )
+from components.report.seeds import has_seeds, seed_groups
 
 REPO = Path(__file__).resolve().parents[1]
 EXTRACTOR = "feedc0ffee123456"
@@ -266,6 +267,60 @@ def test_warnings_for_stale_extractor_and_untrained_level_model(tmp_path: Path) 
     assert next(r for r in rows if r.label == "vae").gap_closed < 0
     clean = load_inputs(["ddpm", "dcgan"], tmp_path)
     assert consistency_warnings(clean, collect_rows(clean)) == []
+
+
+# --------------------------------------------------------------------------- seeds
+def add_seed_replica(root: Path, model: str, name: str, seed: int, fid: float) -> None:
+    """A model trained like ``model`` but under ``seed``: its own outputs, FID ``fid``."""
+    shutil.copytree(root / "models" / model, root / "models" / name)
+    shutil.copytree(root / "samples" / model, root / "samples" / name)
+    config = json.loads((root / "models" / name / "config.json").read_text())
+    config["name"], config["config"]["seed"] = name, seed
+    (root / "models" / name / "config.json").write_text(json.dumps(config))
+    metrics = json.loads((root / "metrics" / f"{model}.json").read_text())
+    (root / "metrics" / f"{name}.json").write_text(json.dumps({**metrics, "model": name, "fid": fid}))
+
+
+def test_seed_groups_mean_std_rank_and_the_pairs_seeds_cannot_tell_apart(tmp_path: Path) -> None:
+    make_project(tmp_path)
+    # gan: 80, 90, 85 (mean 85, std 5); vae: 120, then 88 and 92 -> mean 100 over three; cgan 81 alone
+    add_seed_replica(tmp_path, "gan", "gan_seed1", 1, 90.0)
+    add_seed_replica(tmp_path, "gan", "gan_seed2", 2, 85.0)
+    add_seed_replica(tmp_path, "vae", "vae_seed1", 1, 88.0)
+    add_seed_replica(tmp_path, "vae", "vae_seed2", 2, 92.0)
+    names = [*MODELS, "gan_seed1", "gan_seed2", "vae_seed1", "vae_seed2"]
+    inputs = load_inputs(names, tmp_path)
+    groups = seed_groups(inputs, collect_rows(inputs))
+    assert has_seeds(groups)
+    by_label = {g.label: g for g in groups}
+    assert [g.label for g in groups] == ["ddpm", "dcgan", "cgan", "gan", "vae"]  # by mean FID
+    gan, vae, cgan = by_label["gan"], by_label["vae"], by_label["cgan"]
+    assert gan.models == ["gan", "gan_seed1", "gan_seed2"] and gan.seeds == [0, 1, 2]
+    assert gan.fid_mean == pytest.approx(85.0) and gan.fid_seed_std == pytest.approx(5.0)
+    assert gan.boot_std == pytest.approx(3.0)  # the models' bootstrap std, beside the seeds' spread
+    assert vae.fid_mean == pytest.approx(100.0) and vae.fid_seed_std == pytest.approx(17.436, abs=1e-3)
+    assert cgan.fid_seed_std is None and cgan.rank == 3
+    # gan (85 ± 5, 3 seeds) vs cgan (81, 1 seed: borrows gan's spread): |4| < 2 * sqrt(25/1 + 25/3)
+    assert gan.tied_with == "cgan"
+    # vae (100 ± 17.4, 3 seeds) vs gan: |15| < 2 * sqrt(17.4^2/3 + 5^2/3)
+    assert vae.tied_with == "gan"
+    # dcgan (40, 1 seed) vs ddpm (12.5, 1 seed): no seed spread known, no claim either way
+    assert by_label["dcgan"].tied_with is None
+
+
+def test_report_shows_the_table_across_seeds_only_when_a_model_has_several(tmp_path: Path, report: dict) -> None:
+    assert "Across seeds" not in report["md"] and 'id="seeds"' not in report["html"]
+    make_project(tmp_path)
+    add_seed_replica(tmp_path, "dcgan", "dcgan_seed7", 7, 44.0)
+    params = tmp_path / "params.yaml"
+    params.write_text(params.read_text() + "  dcgan_seed7: {family: dcgan, seed: 7}\n")
+    proc = run_report(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    md = (tmp_path / "reports/leaderboard.md").read_text(encoding="utf-8")
+    seeds = md.split("## Across seeds", 1)[1]
+    dcgan = next(line for line in seeds.splitlines() if line.startswith("| ") and "| dcgan |" in line)
+    assert "| 0, 7 |" in dcgan and "42.00 ± 2.83" in dcgan  # mean and sample std of 40 and 44
+    assert 'id="seeds"' in (tmp_path / "reports/index.html").read_text(encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- the browser

@@ -29,6 +29,8 @@ from components.report.leaderboard import (
     markdown_table,
     run_facts,
 )
+from components.report.seeds import HEADERS as SEED_HEADERS
+from components.report.seeds import SEEDS_NOTE, SeedGroup, has_seeds, seed_cells, seed_groups, seeds_table
 
 if TYPE_CHECKING:
     from matplotlib.axis import Axis
@@ -52,8 +54,49 @@ def build_report(cfg: PipelineConfig, root: Path) -> tuple[str, str]:
     rows = collect_rows(inputs)
     facts = run_facts(cfg, inputs, git_info(root))
     warnings = consistency_warnings(inputs, rows)
-    markdown = markdown_report(facts, markdown_table(inputs, rows), warnings)
-    return html_page(cfg, inputs, rows, facts, warnings), markdown
+    groups = seed_groups(inputs, rows)
+    across_seeds = (seeds_table(groups), SEEDS_NOTE) if has_seeds(groups) else None
+    markdown = markdown_report(facts, markdown_table(inputs, rows), warnings, across_seeds)
+    return html_page(cfg, inputs, rows, facts, warnings, groups if has_seeds(groups) else []), markdown
+
+
+# --------------------------------------------------------------------------- seeds
+def seeds_plot(groups: list[SeedGroup]) -> bytes:
+    """PNG: each group's FIDs, one dot per seed, with its mean and ± one std across seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(groups) + 1.5), 3.6), dpi=110)
+    for x, g in enumerate(groups):
+        colour = FAMILY_COLOURS.get(g.family, "#444444")
+        spread = [x + 0.08 * (i - (len(g.fids) - 1) / 2) for i in range(len(g.fids))]
+        ax.scatter(spread, g.fids, s=30, color=colour, alpha=0.8, zorder=3)
+        ax.errorbar([x + 0.3], [g.fid_mean], yerr=[[g.fid_seed_std or 0.0], [g.fid_seed_std or 0.0]], fmt="_",
+                    ms=14, color=colour, capsize=4, zorder=4)
+    ax.set_xticks(range(len(groups)), [f"{g.label}\n({len(g.fids)} seed{'s' if len(g.fids) > 1 else ''})"
+                                       for g in groups], fontsize=9)
+    ax.set_ylabel("FID (lower is better)")
+    ax.grid(alpha=0.3, axis="y")
+    ax.margins(x=0.15)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def seeds_section(groups: list[SeedGroup]) -> str:
+    """The "Across seeds" section: table, plot and how to read them ('' when no model has two seeds)."""
+    if not groups:
+        return ""
+    head = "".join(f"<th>{_e(h)}</th>" for h in SEED_HEADERS)
+    body = "".join("<tr class=\"model\">" + "".join(f"<td>{_e(c)}</td>" for c in seed_cells(g)) + "</tr>"
+                   for g in groups)
+    return (f'<section id="seeds"><h2>Across seeds</h2><div class="scroll"><table class="board"><thead><tr>{head}'
+            f'</tr></thead><tbody>{body}</tbody></table></div>{_img(seeds_plot(groups), "FID per seed", "plot")}'
+            f'<p class="note">{_inline_md(SEEDS_NOTE)}</p></section>')
 
 
 # --------------------------------------------------------------------------- the compute plot
@@ -198,7 +241,7 @@ def _model_card(cfg: PipelineConfig, inputs: ReportInputs, row: Row) -> str:
 
 
 def html_page(cfg: PipelineConfig, inputs: ReportInputs, rows: list[Row], facts: list[tuple[str, str]],
-              warnings: list[str]) -> str:
+              warnings: list[str], seed_groups: list[SeedGroup] | None = None) -> str:
     """Assemble the whole page (one string, no external resources)."""
     data_name = inputs.meta.get("name", cfg.data.source)
     facts_html = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in facts)
@@ -219,6 +262,7 @@ Profile <strong>{_e(cfg.profile)}</strong>.</p></header>
 <section id="leaderboard"><h2>Leaderboard</h2>
 <div class="scroll">{leaderboard_table(inputs, rows)}</div>
 <p class="note">{_inline_md(READING_NOTE)}</p></section>
+{seeds_section(seed_groups or [])}
 <section id="compute"><h2>FID against training compute</h2>{plot}
 <p class="note">Left: wall-clock training time (the sum of the epochs' times; it depends on the hardware).
 Right: training images seen, which does not. Hollow markers are the same models untrained; the dashed

@@ -384,9 +384,13 @@ def consistency_warnings(inputs: ReportInputs, rows: list[Row]) -> list[str]:
     return out
 
 
-def markdown_report(facts: list[tuple[str, str]], table: str, warnings: list[str]) -> str:
-    """``reports/leaderboard.md``: the facts, the table, how to read it, and any warnings."""
+def markdown_report(facts: list[tuple[str, str]], table: str, warnings: list[str],
+                    across_seeds: tuple[str, str] | None = None) -> str:
+    """``reports/leaderboard.md``: the facts, the table, how to read it, the table across seeds
+    (``(table, note)``, when a model has several) and any warnings."""
     lines = ["# Leaderboard", "", *(f"- **{label}**: {text}" for label, text in facts), "", table, READING_NOTE]
+    if across_seeds:
+        lines += ["", "## Across seeds", "", *across_seeds]
     if warnings:
         lines += ["", *(f"> **Warning:** {w}  " for w in warnings)]
     return "\n".join(lines) + "\n"
