@@ -100,8 +100,8 @@ def repo(tmp_path_factory, stack) -> Path:
             (repo / name).write_bytes((ROOT / name).read_bytes())
             (repo / name).chmod((ROOT / name).stat().st_mode)
     params = (repo / "params.yaml").read_text()
-    params = params.replace("profile: default", "profile: smoke", 1).replace("  gan:\n", "  gan: &gan\n", 1)
-    (repo / "params.yaml").write_text(params.replace("  cgan:\n", "  gan_seed1: {<<: *gan, seed: 1}\n  cgan:\n", 1))
+    params = params.replace("profile: default", "profile: smoke", 1)
+    (repo / "params.yaml").write_text(params.replace("  cgan: &cgan\n", "  gan_seed1: {<<: *gan, seed: 1}\n  cgan: &cgan\n", 1))
     sh(["git", "init", "-q"], repo)
     # the repository's own identity: `dvc exp run` commits, and CI's HOME has no ~/.gitconfig
     sh(["git", "config", "user.name", "genmodels e2e"], repo)
