@@ -40,6 +40,37 @@ def test_tracking_uri_precedence(tmp_path: Path, monkeypatch) -> None:
     assert tracking.resolve_tracking_uri(MlflowConfig(tracking_uri="http://x:5000"), tmp_path) == "http://env:5000"
 
 
+def test_a_dvc_experiments_copy_tracks_into_the_projects_store_and_names_itself(tmp_path: Path, monkeypatch) -> None:
+    """`dvc exp run --temp` / queued: the stage runs in a copy under .dvc/tmp/exps and DVC names the
+    project in DVC_ROOT. The store, the experiment's artifacts and the logs are the project's; Ray
+    run names carry the experiment (shared checkpoint storage); runs are tagged with it."""
+    from components import layout
+    from components.distributed.runner import run_name
+
+    project, copy = tmp_path / "project", tmp_path / "project" / ".dvc" / "tmp" / "exps" / "tmpabc"
+    copy.mkdir(parents=True)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(copy)
+    monkeypatch.setenv("DVC_ROOT", str(project))
+    monkeypatch.setenv("DVC_EXP_NAME", "brave-fox")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0123abc")
+    uri = tracking.resolve_tracking_uri(MlflowConfig())
+    assert uri == f"sqlite:///{project.resolve()}/mlflow.db"
+    assert layout.logs_dir() == project.resolve() / "logs" / "exps" / "brave-fox"
+    assert layout.experiment_copy() == "brave-fox" and run_name("train-gan", {"a": 1}).startswith("train-gan-brave-fox-")
+    assert provenance.experiment_info() == {"dvc_exp_name": "brave-fox", "dvc_exp_baseline_rev": "0123abc"}
+    experiment = tracking.client(uri).get_experiment(tracking.get_or_create_experiment(uri, "genmodels-x"))
+    assert experiment.artifact_location == (project.resolve() / "mlruns" / "genmodels-x").as_uri()  # not in the copy
+    assert tracking.get_or_create_experiment(uri, "genmodels-x") == experiment.experiment_id
+
+    monkeypatch.chdir(project)  # `dvc exp run` in the workspace: no copy, the same store and tags
+    assert layout.experiment_copy() is None and run_name("train-gan", {"a": 1}).startswith("train-gan-")
+    assert "brave-fox" not in run_name("train-gan", {"a": 1})
+    for var in ("DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):  # no DVC at all: the working folder
+        monkeypatch.delenv(var)
+    assert layout.logs_dir() == project.resolve() / "logs" and provenance.experiment_info() == {}
+
+
 def test_model_run_logs_and_ends_its_run_with_the_right_status(tmp_path: Path) -> None:
     import numpy as np
     import pytest
