@@ -13,7 +13,7 @@ from servers import S3Server, ray_auth_env, ray_node, seaweedfs
 #: The longest test files, longest first (CI's ``--durations``). `make test` runs two files at a
 #: time (pytest-xdist, ``--dist loadfile --no-loadscope-reorder``, which keeps this order): started
 #: first, they end near each other instead of one of them running alone at the end.
-LONGEST_FIRST = ("test_pipeline_e2e.py", "test_containers.py", "test_ray_stages.py", "test_ray_data.py",
+LONGEST_FIRST = ("test_pipeline_e2e.py", "test_containers.py", "test_experiments.py", "test_ray_stages.py", "test_ray_data.py",
                  "test_benchmarks.py", "test_rgb_pipeline.py", "test_infra.py", "test_model_registry.py",
                  "test_team_stack.py")
 
