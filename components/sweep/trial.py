@@ -24,7 +24,7 @@ from components.data.dataset import Split
 from components.data.spec import DataSpec
 from components.distributed.inference_jobs import chunk_ranges, chunk_seed
 from components.distributed.jobs import Tracking, TrainJob
-from components.distributed.runner import run_job
+from components.distributed.runner import delete_run, run_job
 from components.distributed.train_jobs import train_job
 from components.metrics.features import apply_batched
 from components.metrics.held_out import held_out_scores
@@ -125,8 +125,15 @@ def run_trial(values: dict[str, Any], setup: SweepSetup) -> None:
         job = TrainJob(name=f"{setup.model}-{trial_id}", config=config, data=setup.data, rows=setup.rows,
                        loading=setup.loading, tracking=Tracking(setup.records.uri, run.run_id, False),
                        grid_seed=setup.grid_seed, progress=False)
-        result = run_job(train_job, job, cfg=setup.ray, name=f"{setup.name}-{trial_id}",
-                         datasets={"train": setup.train})  # type: ignore[dict-item]  # a Source by its one method
+        train_run = f"{setup.name}-{trial_id}"
+        try:
+            result = run_job(train_job, job, cfg=setup.ray, name=train_run,
+                             datasets={"train": setup.train})  # type: ignore[dict-item]  # a Source by its one method
+        except Exception:
+            # a failed trial stays failed (a resumed sweep does not restart it): nothing to resume from.
+            # A killed driver raises nothing here, so an interrupted trial keeps its checkpoints.
+            delete_run(setup.ray.storage_path, train_run)
+            raise
         try:
             scores = trial_scores(result / CHECKPOINT_FILE, setup)
         finally:
@@ -171,6 +178,8 @@ def trial_scores(checkpoint: Path, setup: SweepSetup) -> dict[str, float]:
                         for j, (start, stop) in enumerate(chunk_ranges(n, batch))])  # (N, C, H, W) uint8
     extractor = model_from_checkpoint(setup.classifier).feature_extractor()
     fake = apply_batched(extractor, images, batch)  # (N, D)
-    scores = sample_metrics(setup.reference[:n], fake, setup.evaluate)
-    scores.update(held_out_scores(model, setup.held_out, setup.evaluate))
+    real = np.array(setup.reference[:n])  # a writable copy: arrays from Ray's object store are read-only
+    scores = sample_metrics(real, fake, setup.evaluate)
+    held_out = Split(np.array(setup.held_out.images), np.array(setup.held_out.labels))  # writable, as above
+    scores.update(held_out_scores(model, held_out, setup.evaluate))
     return scores

@@ -150,9 +150,10 @@ def _tuner(setup: SweepSetup, storage: str) -> tuple[Any, bool]:
     tuner = tune.Tuner(
         trainable,
         param_space=tune_space(sweep),
+        # the generator itself limits concurrency: Tune ignores max_concurrent_trials beside a generator
         tune_config=tune.TuneConfig(metric=OBJECTIVE, mode=OBJECTIVES[sweep.objective], num_samples=sweep.trials,
-                                    max_concurrent_trials=sweep.max_concurrent,
-                                    search_alg=BasicVariantGenerator(random_state=sweep.seed)),
+                                    search_alg=BasicVariantGenerator(max_concurrent=sweep.max_concurrent,
+                                                                     random_state=sweep.seed)),
         # a trial's workers are retried by Train (ray.max_failures); a trial that still fails stays failed
         run_config=tune.RunConfig(name=setup.name, storage_path=storage, verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=0)),
