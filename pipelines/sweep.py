@@ -20,7 +20,7 @@ from components.data.dataset import DataError
 from components.distributed import runner
 from components.io import atomic_path
 from components.sweep.space import best_overlay, dvc_command, overlay_text
-from components.sweep.tuning import SweepFailed, plot_trials, run_sweep
+from components.sweep.tuning import SweepError, plot_trials, run_sweep
 from pipelines.common import EXIT_CONFIG, MODEL, StageParser, load_or_exit, parser, run_main
 
 
@@ -72,4 +72,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     run_main(main, runner.ClusterUnreachable, runner.JobFailed, runner.StorageError, DataError,
-             tracking.TrackingError, SweepFailed, FileNotFoundError)
+             tracking.TrackingError, SweepError, FileNotFoundError)

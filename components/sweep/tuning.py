@@ -35,8 +35,8 @@ TUNE_STATE_PERIOD_S = "2"
 TRIAL_DRIVER_MEMORY = 256 << 20  # bytes: a trial's scoring holds its model, N images and their features
 
 
-class SweepFailed(RuntimeError):
-    """No trial of the sweep finished."""
+class SweepError(RuntimeError):
+    """A sweep that cannot run (too few reference images for its N) or whose every trial failed."""
 
 
 @dataclass(frozen=True)
@@ -80,35 +80,27 @@ def run_sweep(cfg: PipelineConfig, model: str, sweep: SweepConfig, *, data_dir: 
         classifier_dir: the classifier stage's folder (checkpoint and reference features).
 
     Raises:
-        SweepFailed: every trial failed (the parent run ends FAILED).
+        SweepError: too few reference images for ``num_samples``, or every trial failed (the
+            parent run then ends FAILED).
     """
     meta, checksum = load_meta(data_dir), data_checksum(data_dir)
     reference = np.load(Path(classifier_dir) / layout.REFERENCE_FILE)["test_features"]
     if len(reference) < sweep.num_samples:
-        raise ValueError(f"num_samples {sweep.num_samples}: the classifier's reference set holds only "
+        raise SweepError(f"num_samples {sweep.num_samples}: the classifier's reference set holds only "
                          f"{len(reference)} test images (evaluate.num_samples when it ran)")
     name = sweep_name(cfg, model, sweep, checksum)
     storage = runner.storage_root(cfg.ray.storage_path)
-    uri = tracking.resolve_tracking_uri(cfg.mlflow)
-    experiment = f"{cfg.experiment_name}-sweeps"
-    section = cfg.train[model]
-    tags = tracking.run_tags(family=section.family, model_name=model, seed=section.seed, data_checksum=checksum,
-                             workers=cfg.ray.num_workers, profile=cfg.profile, stage=f"sweep@{model}")
-    params = flatten({"sweep": sweep.model_dump(mode="json"), "config": section.model_dump(mode="json"),
-                      "ray": cfg.ray.model_dump(mode="json")})
-    marker = (Path(storage) if "://" not in storage else Path(cfg.ray.storage_path)) / ".mlflow_runs" / name
-    parent = tracking.ModelRun.start(uri, experiment, f"sweep-{model}", {**tags, "sweep.name": name}, params,
-                                     marker=marker)
+    parent, records = _parent_run(cfg, model, sweep, name, checksum)
     with parent:  # FINISHED once the sweep has a best trial, else FAILED (KILLED on Ctrl-C)
         runner.connect(cfg.ray)
         log = console.route_worker_output(Path(layout.LOGS) / f"{name}.log")
         spec, rows = spec_from_meta(meta), split_rows(meta, "train")
         train = prepared(data_dir, "train").ray_dataset(cfg.ray.num_workers)  # into the object store once
         setup = SweepSetup(
-            name=name, model=model, section=section, sweep=sweep,
+            name=name, model=model, section=cfg.train[model], sweep=sweep,
             ray=cfg.ray.model_copy(update={"storage_path": storage}), evaluate=cfg.evaluate, data=spec, rows=rows,
             loading=resolved_loading(cfg.data.loading, spec, rows, cfg.ray.num_workers), grid_seed=cfg.sample.seed,
-            records=SweepRecords(uri, experiment, parent.run_id, tags), train=SharedSource(train),
+            records=records, train=SharedSource(train),
             classifier=(Path(classifier_dir) / CHECKPOINT_FILE).read_bytes(),
             reference=reference[: sweep.num_samples], held_out=load_split(data_dir, "test"))
         tuner, resumed = _tuner(setup, storage)
@@ -118,15 +110,33 @@ def run_sweep(cfg: PipelineConfig, model: str, sweep: SweepConfig, *, data_dir: 
         ok = [t for t in outcomes if t.status == "FINISHED"]
         summary = {"sweep/trials": len(outcomes), "sweep/trials_finished": len(ok),
                    "sweep/trials_failed": len(outcomes) - len(ok)}
+        parent.log_metrics(summary)
         if not ok:
-            parent.log_metrics(summary)
-            raise SweepFailed(f"sweep {name}: all {len(outcomes)} trials failed; first error: {outcomes[0].error}")
+            raise SweepError(f"sweep {name}: all {len(outcomes)} trials failed; first error: {outcomes[0].error}")
         sign = 1 if OBJECTIVES[sweep.objective] == "min" else -1
         best = min(ok, key=lambda t: sign * t.scores[OBJECTIVE])
-        parent.log_metrics({**summary, "sweep/best_objective": best.scores[OBJECTIVE],
+        parent.log_metrics({"sweep/best_objective": best.scores[OBJECTIVE],
                             **{f"best/{k}": v for k, v in best.scores.items() if k != OBJECTIVE}})
         parent.set_tags({"sweep.best_trial": best.trial_id, **{f"best.{k}": v for k, v in best.values.items()}})
     return SweepOutcome(name, parent.run_id, outcomes, best, resumed)
+
+
+def _parent_run(cfg: PipelineConfig, model: str, sweep: SweepConfig, name: str,
+                checksum: str) -> tuple[tracking.ModelRun, SweepRecords]:
+    """The sweep's parent run (re-attached when the sweep resumes, like the train stage's run) and
+    where its trials record themselves."""
+    uri, section = tracking.resolve_tracking_uri(cfg.mlflow), cfg.train[model]
+    experiment = f"{cfg.experiment_name}-sweeps"  # apart from the models' runs, which the report compares
+    tags = tracking.run_tags(family=section.family, model_name=model, seed=section.seed, data_checksum=checksum,
+                             workers=cfg.ray.num_workers, profile=cfg.profile, stage=f"sweep@{model}")
+    params = flatten({"sweep": sweep.model_dump(mode="json"), "config": section.model_dump(mode="json"),
+                      "ray": cfg.ray.model_dump(mode="json")})
+    storage = runner.storage_root(cfg.ray.storage_path)
+    # beside local checkpoints, as the train stage keeps its runs' markers; a local folder for remote storage
+    marker = (Path(storage) if "://" not in storage else Path("ray_results")) / ".mlflow_runs" / name
+    parent = tracking.ModelRun.start(uri, experiment, f"sweep-{model}", {**tags, "sweep.name": name}, params,
+                                     marker=marker)
+    return parent, SweepRecords(uri, experiment, parent.run_id, tags)
 
 
 def _tuner(setup: SweepSetup, storage: str) -> tuple[Any, bool]:
