@@ -329,6 +329,119 @@ class EvaluateConfig(StrictModel):
                                                               "scores are per-batch means, so part of the result)")
 
 
+# --------------------------------------------------------------------------- sweep
+SEARCH_KINDS = ("grid", "choice", "uniform", "loguniform")
+
+
+class SearchSpace(StrictModel):
+    """How one training key varies over a sweep's trials: exactly one of the four kinds.
+
+    ``grid`` runs every value (each sample of the sweep covers the whole grid), ``choice`` draws
+    one value per trial, ``uniform`` / ``loguniform`` draw a float between ``[low, high]``.
+    """
+
+    grid: list[Any] | None = Field(None, min_length=1, description="every value, each in its own trial")
+    choice: list[Any] | None = Field(None, min_length=1, description="one value drawn per trial")
+    uniform: tuple[float, float] | None = Field(None, description="[low, high], drawn uniformly")
+    loguniform: tuple[PositiveFloat, PositiveFloat] | None = Field(None, description="[low, high], drawn "
+                                                                    "uniformly in log space (learning rates)")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SearchSpace:
+        given = [kind for kind in SEARCH_KINDS if getattr(self, kind) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {', '.join(SEARCH_KINDS)} (got {', '.join(given) or 'none'})")
+        bounds = self.uniform or self.loguniform
+        if bounds is not None and not bounds[0] < bounds[1]:
+            raise ValueError(f"{given[0]}: low ({bounds[0]}) must be below high ({bounds[1]})")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(kind for kind in SEARCH_KINDS if getattr(self, kind) is not None)
+
+    def values_to_check(self) -> list[Any]:
+        """The values a training section must accept: every listed one, or the two bounds."""
+        return list(getattr(self, self.kind))
+
+
+#: the scores a trial ends with (``components.sweep.trial``) and whether lower is better
+OBJECTIVES: dict[str, Literal["min", "max"]] = {
+    "fid": "min", "kid": "min", "precision": "max", "recall": "max", "density": "max", "coverage": "max",
+    "test_elbo": "min", "test_noise_loss": "min"}
+#: the held-out scores, by the family that has them (``held_out_metrics``)
+HELD_OUT_OBJECTIVES = {"test_elbo": "vae", "test_noise_loss": "ddpm"}
+#: training keys a sweep may not vary: what the model is, and its length (``steps`` is the budget)
+UNSWEPT_KEYS = ("family", "epochs", "steps")
+
+
+class SweepConfig(StrictModel):
+    """A hyper-parameter sweep of one model (``python -m pipelines.sweep``): a sweep file, ``sweeps/<model>.yaml``.
+
+    Each trial trains the model's ``params.yaml`` section with the ``space`` values drawn for it,
+    for ``steps`` optimiser steps, then scores ``num_samples`` images; ``objective`` picks the best.
+    """
+
+    space: dict[str, SearchSpace] = Field(min_length=1, description="training key -> how it varies")
+    objective: Literal["fid", "kid", "precision", "recall", "density", "coverage", "test_elbo",
+                       "test_noise_loss"] = Field("fid", description="the score that picks the best trial; "
+                                                  "fid/kid/test_* lower is better, the others higher")
+    trials: PositiveInt = Field(8, description="Tune's num_samples: trials drawn (with grid keys, each draw "
+                                "covers the whole grid)")
+    max_concurrent: PositiveInt = Field(2, description="trials running at once (on a GPU cluster: the GPUs "
+                                        "divided by ray.num_workers)")
+    steps: PositiveInt = Field(300, description="per-trial budget: optimiser steps per worker")
+    num_samples: PositiveInt = Field(1000, description="images each trial generates and scores (the classifier's "
+                                     "reference set must hold at least as many)")
+    searcher: Literal["random"] = Field("random", description="Tune's BasicVariantGenerator (grid and random "
+                                        "draws); a TPE searcher needs optuna, which the lock does not install")
+    seed: NonNegativeInt = Field(0, description="seed of the random draws")
+
+    def check_model(self, model: str, section: TrainBase) -> list[str]:
+        """Problems of this sweep for the training section ``section`` of ``train.<model>``: keys it
+        does not have, values it rejects, an objective its family does not score."""
+        problems = []
+        base = section.model_dump(mode="json")
+        for key, space in self.space.items():
+            if key in UNSWEPT_KEYS:
+                problems.append(f"space.{key}: not sweepable (the family is fixed; the sweep's steps set the length)")
+                continue
+            if key not in type(section).model_fields:
+                problems.append(f"space.{key}: not a training key of train.{model} (family {section.family})")
+                continue
+            for value in space.values_to_check():
+                try:
+                    type(section).model_validate({**base, key: value})
+                except ValidationError as exc:
+                    problems += [f"space.{key}: {value!r}: {e['msg']}" for e in exc.errors()]
+        family = HELD_OUT_OBJECTIVES.get(self.objective)
+        if family is not None and section.family != family:
+            problems.append(f"objective: {self.objective} is a {family} score; train.{model} is a {section.family}")
+        return problems
+
+
+def load_sweep(path: str | Path, model: str, section: TrainBase) -> SweepConfig:
+    """Read and validate a sweep file for the training section ``section`` of ``train.<model>``.
+
+    Raises:
+        ConfigError: every problem, each naming its field (``space.lr.loguniform: ...``).
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["file not found"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
+    try:
+        sweep = SweepConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(str(path), format_errors(exc)) from None
+    if problems := sweep.check_model(model, section):
+        raise ConfigError(str(path), problems)
+    return sweep
+
+
 # --------------------------------------------------------------------------- root
 class PipelineConfig(StrictModel):
     """The whole ``params.yaml``.

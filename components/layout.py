@@ -69,3 +69,16 @@ def metrics_file(name: str) -> str:
 def plot_file(name: str) -> str:
     """``plots/train/NAME.csv``: the model's loss curve for ``dvc plots``."""
     return f"{PLOTS}/{name}.csv"
+
+
+SWEEPS = "sweeps"  # sweep files (``<model>.yaml``) and the best configuration each sweep found
+
+
+def sweep_file(name: str) -> str:
+    """``sweeps/NAME.yaml``: the search space of a sweep of model NAME."""
+    return f"{SWEEPS}/{name}.yaml"
+
+
+def best_overlay_file(name: str) -> str:
+    """``sweeps/NAME-best.yaml``: the best trial's values as a params overlay (``train.NAME.*``)."""
+    return f"{SWEEPS}/{name}-best.yaml"

@@ -378,3 +378,26 @@ def start_tracking(uri: str, run_id: str, system_metrics: bool) -> tuple[RunLogg
         monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=uri)
         monitor.start()
     return logger, monitor
+
+
+# --------------------------------------------------------------------------- sweeps
+PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests a run under its parent
+TRIAL_TAG = "sweep.trial_id"  # a sweep trial's Tune id: finds the trial's run again after a resume
+
+
+def find_run(uri: str, experiment: str, tags: dict[str, str]) -> Any | None:
+    """The newest run of ``experiment`` carrying every tag of ``tags`` (an MLflow ``Run``), or None."""
+    c = client(uri)
+    found = c.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = c.search_runs([found.experiment_id], filter_string=query, max_results=1, order_by=["start_time DESC"])
+    return runs[0] if runs else None
+
+
+def log_files(uri: str, run_id: str, paths: list[Path], folder: str | None = None) -> None:
+    """Files as artifacts of the run (under ``folder``), retried like every other write."""
+    c = client(uri)
+    for path in paths:
+        _retry(lambda p=path: c.log_artifact(run_id, str(p), folder), f"log {Path(path).name}")
