@@ -10,18 +10,19 @@ an interrupted sweep resumes it without repeating its finished trials.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 from pathlib import Path
 
 from components import layout, tracking
-from components.config import ConfigError, load_sweep
+from components.config import ConfigError, PipelineConfig, load_sweep
 from components.data.dataset import DataError
 from components.distributed import runner
 from components.io import atomic_path
 from components.sweep.space import best_overlay, dvc_command, overlay_text
 from components.sweep.tuning import SweepError, plot_trials, run_sweep
-from pipelines.common import EXIT_CONFIG, MODEL, StageParser, load_or_exit, parser, run_main
+from pipelines.common import EXIT_CONFIG, MODEL, StageParser, parser, run_main
 
 
 def arguments() -> StageParser:
@@ -34,12 +35,10 @@ def arguments() -> StageParser:
     return p
 
 
-def main() -> None:
-    args = arguments().parse_args()
+def main(args: argparse.Namespace, cfg: PipelineConfig) -> None:
     if args.plain:
         print("error: a sweep runs on Ray (Tune); --plain is not supported", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
-    cfg = load_or_exit(args)
     try:
         sweep = load_sweep(args.sweep, args.model, cfg.train[args.model])
     except ConfigError as exc:
@@ -71,5 +70,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main(main, runner.ClusterUnreachable, runner.JobFailed, runner.StorageError, DataError,
+    run_main(arguments, main, runner.ClusterUnreachable, runner.JobFailed, runner.StorageError, DataError,
              tracking.TrackingError, SweepError, FileNotFoundError)
