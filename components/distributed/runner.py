@@ -35,7 +35,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION",
                  "GENMODELS_FAULT_AT_STEP", "GENMODELS_FAULT_MARKER", "OMP_NUM_THREADS",
                  "GENMODELS_IMAGE", "GENMODELS_GIT_COMMIT", "MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_",
-                 "MALLOC_TRIM_THRESHOLD_")
+                 "MALLOC_TRIM_THRESHOLD_", "GENMODELS_CPU_BF16")
 # glibc's malloc in every worker (components/distributed/malloc.py says why), unless the driver's
 # environment says otherwise. Train's print patch routes a worker's print() through a logger *and*,
 # where something has wrapped sys.stdout (MLflow's system metrics do), tees it: every line twice.
