@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -95,3 +96,18 @@ def run_stage(project: Path, stage: str, *args: str, tracking: Tracking, env: Ma
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def git_project(folder: Path, overrides: dict | None = None) -> Path:
+    """A git + DVC repository holding this checkout's files (as a clone would, plus what is not yet
+    committed; no dvc.lock), on the tiny smoke profile (``write_params(folder, overrides)``), committed."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            check=True, capture_output=True, text=True).stdout.split()
+    for name in listed:
+        if name != "dvc.lock" and (ROOT / name).is_file():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, folder / name)
+    write_params(folder, overrides)
+    for args in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"]):
+        subprocess.run(["git", *args], cwd=folder, check=True)
+    return folder

@@ -12,33 +12,16 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from project import ROOT, run_command, write_params
+from project import git_project, run_command
 
 pytestmark = pytest.mark.slow
 
 VENV_BIN = Path(sys.executable).parent
-
-
-def project_repo(folder: Path) -> Path:
-    """A git + DVC repository holding this checkout's files (as a clone would, plus what is not yet
-    committed), on the tiny smoke profile, one Ray worker per job so that two experiments fit side by side."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            check=True, capture_output=True, text=True).stdout.split()
-    for name in listed:
-        if name != "dvc.lock" and (ROOT / name).is_file():
-            (folder / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, folder / name)
-    write_params(folder, {"ray": {"num_workers": 1}})
-    for args in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"]):
-        subprocess.run(["git", *args], cwd=folder, check=True)
-    return folder
 
 
 def run(cmd: list[str], repo: Path) -> str:
@@ -63,7 +46,7 @@ def exp_metrics(repo: Path) -> dict[str, dict]:
 
 
 def test_temp_and_queued_experiments_keep_every_record_in_the_project_store(tmp_path: Path) -> None:
-    repo = project_repo(tmp_path / "repo")
+    repo = git_project(tmp_path / "repo", {"ray": {"num_workers": 1}})
     dvc, py = str(VENV_BIN / "dvc"), sys.executable
     with_ray = [py, "infra/local/with-ray", "--no-dashboard", "--"]
 

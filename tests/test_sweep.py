@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from project import ROOT, make_project, run_stage
+from project import ROOT, git_project, make_project, run_command, run_stage
 from servers import HEAD_IP
 
 from components.config import ConfigError, GANConfig, SweepConfig, VAEConfig, load_config, load_sweep
@@ -75,7 +75,25 @@ def test_a_trial_config_and_the_best_overlay_are_params_the_pipeline_accepts(tmp
     cfg = load_config(ROOT / "params.yaml", overlay_overrides(overlay))
     assert cfg.train["gan"].lr == 0.00031622776601683794 and cfg.train["gan"].r1_gamma == 1.0
     assert cfg.train["gan"].epochs == load_config(ROOT / "params.yaml").train["gan"].epochs  # its own length
-    assert dvc_command(overlay) == "dvc exp run -S train.gan.lr=0.00031622776601683794 -S train.gan.r1_gamma=1.0"
+    assert dvc_command(overlay) == "dvc exp run -S ++train.gan.lr=0.00031622776601683794 -S ++train.gan.r1_gamma=1.0"
+
+
+def test_dvc_adopts_the_best_overlay_through_the_printed_line(tmp_path: Path) -> None:
+    """The printed line, queued in a git + DVC project: DVC takes every value, also one that
+    params.yaml leaves to its default (``r1_gamma``; a plain ``-S key=value`` is refused for it)."""
+    import json
+    import shlex
+
+    repo = git_project(tmp_path / "repo")
+    overlay = best_overlay("gan", {"lr": 0.00031622776601683794, "r1_gamma": 1.0})
+    dvc = str(Path(sys.executable).parent / "dvc")
+    line = shlex.split(dvc_command(overlay))
+    run_command([dvc, *line[1:], "--queue"], repo, tracking="isolated", env={"DVC_NO_ANALYTICS": "1"})
+    shown = json.loads(run_command([dvc, "exp", "show", "--json"], repo, tracking="isolated").stdout)
+    queued = [rev["data"]["params"]["params.yaml"]["data"] for commit in shown for exp in commit.get("experiments") or []
+              for rev in exp["revs"]]
+    assert len(queued) == 1 and queued[0]["train"]["gan"]["lr"] == 0.00031622776601683794
+    assert queued[0]["train"]["gan"]["r1_gamma"] == 1.0
 
 
 # --------------------------------------------------------------------------- real sweeps

@@ -53,8 +53,11 @@ def overlay_overrides(overlay: dict[str, Any]) -> list[str]:
 
 
 def dvc_command(overlay: dict[str, Any]) -> str:
-    """The ``dvc exp run -S ...`` line that trains (and evaluates) the overlay's configuration."""
-    return "dvc exp run " + " ".join(f"-S {shlex.quote(item)}" for item in overlay_overrides(overlay))
+    """The ``dvc exp run -S ...`` line that trains (and evaluates) the overlay's configuration.
+
+    ``++key=value`` (Hydra's add-or-override, which DVC's ``-S`` parses): a plain ``key=value`` is
+    refused for a key params.yaml leaves to its default (``train.gan.r1_gamma``)."""
+    return "dvc exp run " + " ".join(f"-S {shlex.quote('++' + item)}" for item in overlay_overrides(overlay))
 
 
 def overlay_text(overlay: dict[str, Any], header: list[str]) -> str:
