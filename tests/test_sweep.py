@@ -129,20 +129,24 @@ def sweep_process(project: Path, ray_address: str, *args: str) -> subprocess.Pop
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def kill_after_first_finished_trial(project: Path, driver: subprocess.Popen, timeout_s: float = 240) -> list:
-    """SIGKILL the sweep's driver as soon as one trial's run is FINISHED; returns the FINISHED runs."""
+def kill_after_first_finished_trial(project: Path, driver: subprocess.Popen, timeout_s: float = 240) -> tuple[list, int]:
+    """SIGKILL the sweep's driver as soon as one trial's run is FINISHED; returns the FINISHED runs
+    and the most trial runs seen RUNNING at once until then."""
     client, deadline = mlflow_client(project), time.monotonic() + timeout_s
     finished: list = []
+    most_running = 0
     try:
         while not finished and driver.poll() is None and time.monotonic() < deadline:
             time.sleep(0.5)
             experiment = client.get_experiment_by_name(EXPERIMENT)
             if experiment is not None:
-                finished = client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'")
+                runs = [r for r in client.search_runs([experiment.experiment_id]) if PARENT_RUN_TAG in r.data.tags]
+                most_running = max(most_running, sum(r.info.status == "RUNNING" for r in runs))
+                finished = [r for r in runs if r.info.status == "FINISHED"]
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and only what it started in its own session
         driver.wait()
-    return finished
+    return finished, most_running
 
 
 @pytest.mark.slow
@@ -153,9 +157,10 @@ def test_a_sweep_killed_midway_resumes_records_every_trial_once_and_writes_a_val
     write_sweep(project / "sweeps" / "vae.yaml", SWEEP)
     args = ["--model", "vae", *SETTINGS]
     driver = sweep_process(project, ray_address, *args)
-    finished = kill_after_first_finished_trial(project, driver)
+    finished, most_running = kill_after_first_finished_trial(project, driver)
     log = (project / "killed-sweep.log").read_text()
     assert driver.returncode == -signal.SIGKILL and finished, log  # killed midway, one trial done
+    assert most_running == 2, log  # max_concurrent: two trials side by side, never more
     assert all(PARENT_RUN_TAG in run.data.tags for run in finished)
 
     done = run_stage(project, "sweep", *args, env={"RAY_ADDRESS": ray_address}, tracking="local")
