@@ -427,12 +427,7 @@ def load_sweep(path: str | Path, model: str, section: TrainBase) -> SweepConfig:
         ConfigError: every problem, each naming its field (``space.lr.loguniform: ...``).
     """
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(str(path), ["file not found"]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
+    raw = read_yaml(path)
     try:
         sweep = SweepConfig.model_validate(raw)
     except ValidationError as exc:
@@ -546,15 +541,20 @@ def format_errors(error: ValidationError) -> list[str]:
     return [f"{_format_loc(e['loc'])}: {e['msg']}" for e in error.errors()]
 
 
-def read_raw_params(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Read ``params.yaml``, merge its profile overlay and the command-line overrides."""
-    path = Path(path)
+def read_yaml(path: Path) -> Any:
+    """A YAML file's content (``{}`` when empty); a missing or malformed file is a ConfigError naming it."""
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(str(path), ["file not found"]) from None
     except yaml.YAMLError as exc:
         raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
+
+
+def read_raw_params(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Read ``params.yaml``, merge its profile overlay and the command-line overrides."""
+    path = Path(path)
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(str(path), ["top level must be a mapping"])
     overrides = overrides or []
