@@ -254,6 +254,9 @@ class DDPMConfig(TrainBase):
     beta_start: PositiveFloat = 1e-4
     beta_end: PositiveFloat = 0.02
     ema_decay: float = Field(0.999, ge=0, lt=1)
+    min_snr_gamma: PositiveFloat | None = Field(
+        None, description="weight each timestep's noise loss by min(SNR_t, gamma)/SNR_t (Min-SNR-gamma, Hang et "
+        "al. 2023; 5 in the paper): faster convergence; null = Ho et al.'s unweighted simple loss")
     conditional: bool = False
     cond_drop_prob: float = Field(0.1, ge=0, lt=1)
     guidance_scale: NonNegativeFloat = Field(1.0, description="w in eps_c + w (eps_c - eps_u); 0 = no guidance")

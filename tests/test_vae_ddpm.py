@@ -106,6 +106,27 @@ def test_schedule_posterior_variance_and_ddim_grid() -> None:
     assert sched.ddim_timesteps(1) == [99]
 
 
+def test_min_snr_weights_cap_only_the_clean_timesteps() -> None:
+    sched = NoiseSchedule(1000, "cosine")
+    ab = sched.alphas_cumprod
+    snr = ab / (1 - ab)
+    weights = sched.min_snr_weight(torch.arange(1000), 5.0)
+    capped = snr > 5
+    assert capped.any() and (~capped).any()
+    assert torch.all(weights[~capped] == 1)  # the noisy timesteps keep the simple loss
+    assert torch.allclose(weights[capped], 5 / snr[capped])
+
+
+def test_min_snr_gamma_weights_the_training_loss() -> None:
+    images, labels = tiny_data(16)
+    plain, weighted = build("ddpm"), build("ddpm", min_snr_gamma=1.0)
+    # Same seed: same timesteps, noise and initial weights, so only the weighting differs;
+    # every weight is <= 1 and the clean timesteps' are < 1.
+    loss_plain = plain.train_step(images, labels)["loss"]
+    loss_weighted = weighted.train_step(images, labels)["loss"]
+    assert 0 < float(loss_weighted) < float(loss_plain)
+
+
 def test_one_step_q_matches_iterated_forward_process() -> None:
     T, t = 100, 60
     sched = NoiseSchedule(T, "cosine")

@@ -83,6 +83,24 @@ class NoiseSchedule(nn.Module):
         for name, value in buffers.items():
             self.register_buffer(name, value.float(), persistent=False)  # rebuilt from config, never saved
 
+    def min_snr_weight(self, t: Tensor, gamma: float) -> Tensor:
+        """Min-SNR-γ loss weights for ε-prediction, min(SNR_t, γ) / SNR_t with SNR_t = ᾱ_t / (1 - ᾱ_t).
+
+        Hang et al. 2023 (https://arxiv.org/abs/2303.09556): the nearly clean timesteps (high SNR)
+        are easy and their gradients conflict with the noisy ones'; capping their weight lets a
+        short run spend its steps where the samples are decided.
+
+        Args:
+            t: ``(B,)`` int64 timesteps in [0, T).
+            gamma: the cap γ (5 in the paper).
+
+        Returns:
+            ``(B,)`` float32 weights in (0, 1].
+        """
+        abar = self.alphas_cumprod[t]
+        snr = abar / (1 - abar)
+        return snr.clamp(max=gamma) / snr
+
     def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
         """Draw x_t ~ q(x_t | x_0) in one step: sqrt(ᾱ_t)·x_0 + sqrt(1 - ᾱ_t)·ε.
 
@@ -442,6 +460,9 @@ class DDPM(GenerativeModel):
     def train_step(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
         """One Adam step on the simple loss ||ε - ε_θ(x_t, t)||² (Ho et al. 2020, eq. 14).
 
+        With ``config.min_snr_gamma`` set, each image's term is weighted by
+        ``NoiseSchedule.min_snr_weight`` of its timestep.
+
         Args:
             images: ``(B, C, H, W)`` float in [-1, 1].
             labels: ``(B,)`` int64; used only when conditional, replaced by the null class
@@ -460,7 +481,11 @@ class DDPM(GenerativeModel):
             cond = torch.where(drop, torch.full_like(labels, self.null_class), labels)
         with self.autocast():
             pred = self.denoiser(x_t, t, cond)
-        loss = F.mse_loss(pred.float(), noise.float())
+        if self.config.min_snr_gamma is None:
+            loss = F.mse_loss(pred.float(), noise.float())
+        else:
+            per_image = (pred.float() - noise.float()).pow(2).flatten(1).mean(1)  # (B,)
+            loss = (self.schedule.min_snr_weight(t, self.config.min_snr_gamma) * per_image).mean()
 
         optimizer = self.optimizers["denoiser"]
         optimizer.zero_grad(set_to_none=True)
