@@ -1,17 +1,19 @@
-"""Train a GAN family in-process for a fixed number of steps and score it as the evaluate stage does.
+"""Train one family in-process for a fixed number of steps and score it as the evaluate stage does.
 
-    python -m benchmarks.gan_recipe --family cgan --steps 1170 --batch 128 --seeds 0,1
+    python -m benchmarks.recipe --family cgan --steps 3510 --batch 128 --seeds 0,1,2
+    python -m benchmarks.recipe --family dcgan --steps 1872 --batch 64 --set lr=0.001
 
 Trains on the prepared training split (``python -m pipelines.fetch``) in one process, one
 thread, no Ray, then draws ``--samples`` images (labels ``i % K``, as the sample stage asks
 conditional models) and scores them against the classifier stage's real test features
 (``python -m pipelines.classifier --plain``) with the project's own metric set
 (``components.metrics.suite.sample_metrics``: FID, precision/recall, ...) and, for conditional
-families, ``conditional_accuracy``. Issue 30 (item 4) used it to choose the MLP GAN/CGAN recipe.
+families, ``conditional_accuracy``. Issue 30 (item 4) used it to choose every family's default
+recipe (docs/benchmarks.md, "The default's recipes").
 
-The default run length is params.yaml's per-worker step count for gan/cgan (5 epochs of
-30,000 images over 2 workers at batch 64 = 1,170 steps); one process at batch 128 sees
-the same images per step as those 2 workers together.
+To match a default run, give params.yaml's per-worker step count and twice its per-worker batch:
+one process at batch 128 sees the same images per step as the 2 workers at batch 64 together
+(gan/cgan: 15 epochs of 30,000 images over 2 workers at batch 64 = 3,510 steps).
 """
 
 from __future__ import annotations
@@ -25,8 +27,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import ROOT, emit_json, family_configs, machine, print_table, with_settings
-
-GAN_FAMILIES = ("gan", "cgan", "dcgan")
+from components.config import FAMILIES
 
 
 def train(model: Any, images: np.ndarray, labels: np.ndarray, steps: int, batch_size: int, seed: int) -> float:
@@ -94,8 +95,8 @@ def main() -> None:
     from components import layout
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--family", choices=GAN_FAMILIES, default="gan")
-    p.add_argument("--steps", type=int, default=1170)
+    p.add_argument("--family", choices=FAMILIES, default="gan")
+    p.add_argument("--steps", type=int, default=3510)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--seeds", default="0", help="comma-separated training seeds, one run each")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
