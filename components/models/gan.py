@@ -124,7 +124,7 @@ class GAN(GenerativeModel):
     kind: ClassVar[Literal["gan", "vae", "diffusion"]] = "gan"
     conditional: ClassVar[bool] = False
     network_names: ClassVar[tuple[str, ...]] = ("generator", "discriminator")
-    # 55 steps (a 1,500-image folder) learned nothing; the default's 1,170 learn (cgan FID 220 against
+    # 55 steps (a 1,500-image folder) learned nothing; 1,170 (the earlier default) learn (cgan FID 220 against
     # untrained ceilings of ~1,000-1,500): 500 sits well between (cgan inherits it)
     min_useful_steps: ClassVar[int | None] = 500
 

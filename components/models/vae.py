@@ -147,7 +147,7 @@ class VAE(GenerativeModel):
     family: ClassVar[str] = "vae"
     kind: ClassVar[Literal["gan", "vae", "diffusion"]] = "vae"
     network_names: ClassVar[tuple[str, ...]] = ("encoder", "decoder")
-    # the default's 702 steps learn (FID 294 against ceilings of ~1,000-1,500); as the GANs, 500
+    # 702 steps (the earlier default) learn (FID 294 against ceilings of ~1,000-1,500); as the GANs, 500
     min_useful_steps: ClassVar[int | None] = 500
 
     def __init__(self, config: VAEConfig, spec: DataSpec, device: torch.device | str = "cpu"):
