@@ -5,8 +5,8 @@ this script makes, never the project's): its ``UNet2DModel`` sized like params.y
 (3 levels 28 -> 14 -> 7, attention in the middle block, parameter count within a few per cent),
 trained the way diffusers' ``train_unconditional.py`` does (``DDPMScheduler.add_noise``, MSE on
 the noise, grad clipping, ``EMAModel``), sampled with ``DDIMPipeline`` / ``DDIMScheduler``. Both
-sides get the same data, batch, Adam (lr, betas), cosine schedule with T steps, EMA decay,
-grad clip and thread count.
+sides get the same data, batch, Adam (lr, betas), cosine schedule with T steps, the unweighted
+noise MSE (the project's ``min_snr_gamma`` is switched off here), EMA decay, grad clip and thread count.
 
 Both sides are measured in the same run, interleaved so that machine load hits them alike:
 
@@ -47,6 +47,7 @@ from benchmarks.common import (
     parse,
     print_table,
     timed,
+    with_settings,
 )
 from components.data.loader import TensorLoader
 from components.data.spec import DataSpec
@@ -257,9 +258,9 @@ def main() -> None:
     q = args.quick
     cfg = family_configs(q, ["ddpm"])["ddpm"]
     if q:  # the smoke DDPM is smaller; compare at params.yaml's architecture, briefly
-        from benchmarks.common import with_settings
-
         cfg = with_settings(family_configs(False, ["ddpm"])["ddpm"], batch_size=16)
+    # The peer trains on diffusers' unweighted noise MSE: the project side does the same, so both run one algorithm.
+    cfg = with_settings(cfg, min_snr_gamma=None)
     budget, chunk = args.budget_s or (4 if q else 600), args.chunk_steps or (2 if q else 20)
     n, batch = args.fid_samples or (32 if q else 1000), args.sample_batch or (16 if q else 500)
     ddim_steps = args.ddim_steps or (5 if q else cfg.sample_steps)
