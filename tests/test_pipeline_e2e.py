@@ -299,15 +299,16 @@ def test_switching_profile_marks_the_stages_it_changes(reproduced):
 def test_dvc_experiment_runs_and_is_listed(reproduced, stack):
     repo, _ = reproduced
     sh(["git", "checkout", "params.yaml"], repo)
+    old_lr = yaml.safe_load((repo / "params.yaml").read_text())["train"]["dcgan"]["lr"]
     run = sh([sys.executable, "infra/local/with-ray", "--", "dvc", "exp", "run", "--name", "lr-up",
-              "-S", "train.dcgan.lr=0.0004"], repo, env=stack_env(stack))
+              "-S", f"train.dcgan.lr={old_lr * 2}"], repo, env=stack_env(stack))
     assert set(stages_in(run.stdout)) == {"train@dcgan", "sample@dcgan", "evaluate@dcgan", "report"}  # one model
     shown = sh(["dvc", "exp", "show", "--json"], repo).stdout
     assert "lr-up" in shown
     # the experiment's results are in the workspace: compare them with the committed run
     params = json.loads(sh(["dvc", "params", "diff", "--json"], repo).stdout)
     lr = params["params.yaml"]["train.dcgan.lr"]
-    assert (lr["old"], lr["new"]) == (0.0002, 0.0004)
+    assert (lr["old"], lr["new"]) == (old_lr, old_lr * 2)
     metrics = json.loads(sh(["dvc", "metrics", "diff", "--json"], repo).stdout)
     assert "fid" in metrics["metrics/dcgan.json"] and "metrics/gan.json" not in metrics
     plots = repo / "plots-page"
