@@ -2,6 +2,7 @@
 
     python -m benchmarks.recipe --family cgan --steps 3510 --batch 128 --seeds 0,1,2
     python -m benchmarks.recipe --family dcgan --steps 1872 --batch 64 --set lr=0.001
+    python -m benchmarks.recipe --family ddpm --steps 312 --runtime bf16+cl --seeds 0,1,2 --samples 2000
 
 Trains on the prepared training split (``python -m pipelines.fetch``) in one process, one
 thread, no Ray, then draws ``--samples`` images (labels ``i % K``, as the sample stage asks
@@ -30,7 +31,8 @@ from benchmarks.common import ROOT, emit_json, family_configs, machine, print_ta
 from components.config import FAMILIES
 
 
-def train(model: Any, images: np.ndarray, labels: np.ndarray, steps: int, batch_size: int, seed: int) -> float:
+def train(model: Any, images: np.ndarray, labels: np.ndarray, steps: int, batch_size: int, seed: int,
+          channels_last: bool = False) -> float:
     """Train ``model`` for ``steps`` optimiser steps with ``components.training.loop.fit``; returns seconds."""
     from components.data.loader import TensorLoader
     from components.training.loop import fit
@@ -38,7 +40,7 @@ def train(model: Any, images: np.ndarray, labels: np.ndarray, steps: int, batch_
     loader = TensorLoader(images, labels, batch_size, model.device, shuffle=True, seed=seed)
     epochs = -(-steps // len(loader))
     start = time.perf_counter()
-    fit(model, loader, epochs=epochs, seed=seed, max_steps=steps, log_every=max(steps, 1))
+    fit(model, loader, epochs=epochs, seed=seed, max_steps=steps, log_every=max(steps, 1), channels_last=channels_last)
     return time.perf_counter() - start
 
 
@@ -80,14 +82,15 @@ def run(family: str, steps: int, batch_size: int, seed: int, precision: str, dat
     spec = spec_from_meta(load_meta(data))
     train_split = load_split(data, "train")
     model = (build or build_model)(cfg, spec)
-    configure_runtime(model, cfg.precision)
-    seconds = train(model, train_split.images, train_split.labels, steps, batch_size, seed)
+    configure_runtime(model, cfg.precision, cfg.channels_last, cfg.compile)
+    seconds = train(model, train_split.images, train_split.labels, steps, batch_size, seed, cfg.channels_last)
 
     ecfg = EvaluateConfig.model_validate(read_raw_params(ROOT / "params.yaml", []).get("evaluate", {}))
     classifier = model_from_checkpoint(classifier_dir / CHECKPOINT_FILE)
     real = np.load(classifier_dir / layout.REFERENCE_FILE)["test_features"][:num_samples]
     scores = score(model, classifier, real, num_samples, ecfg.seed, ecfg)
-    return {"family": family, "steps": model.step, "batch": batch_size, "seed": seed, "dtype": model.precision,
+    runtime = model.precision + ("+cl" if cfg.channels_last else "") + ("+compile" if cfg.compile != "off" else "")
+    return {"family": family, "steps": model.step, "batch": batch_size, "seed": seed, "dtype": runtime,
             "settings": settings, "seconds": round(seconds, 1), **scores}
 
 
@@ -100,6 +103,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--seeds", default="0", help="comma-separated training seeds, one run each")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    p.add_argument("--runtime", default=None, metavar="CANDIDATE",
+                   help="runtime settings as train_speed's candidates, e.g. bf16+cl or fp32+compile "
+                        "(overrides --precision; issue 30's FID-at-equal-steps table)")
     p.add_argument("--samples", type=int, default=5000)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field of the family's params.yaml section (value parsed as YAML)")
@@ -113,7 +119,14 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     settings = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
-    rows = [run(args.family, args.steps, args.batch, int(seed), args.precision, args.data, args.classifier,
+    precision = args.precision
+    if args.runtime:
+        from benchmarks.train_speed import parse_candidate
+
+        runtime = parse_candidate(args.runtime)
+        precision = runtime.pop("precision")
+        settings.update(runtime)
+    rows = [run(args.family, args.steps, args.batch, int(seed), precision, args.data, args.classifier,
                 args.samples, settings) for seed in args.seeds.split(",")]
     keys = ("family", "seed", "steps", "batch", "dtype", "fid", "precision", "recall", "cond_acc", "seconds")
     print_table(["family", "seed", "steps", "batch", "dtype", "FID", "precision", "recall", "cond. acc", "s"],

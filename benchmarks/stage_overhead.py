@@ -11,15 +11,27 @@ worker's own epoch clock, as in ``train_speed``'s (c)):
 - ``Ray Train + MLflow``: the full stage, as ``train_speed``'s (c).
 
 Needs Ray and MLflow.
+
+``--fixed-cost`` instead takes one Ray Train job with a trivial body apart (issue 30, item 3):
+the driver's imports (in a fresh interpreter), then per job ``fit()`` -> the worker process
+exists -> its body runs -> ``fit()`` returns, each the median of ``--repeats`` interleaved rounds,
+for every setting in ``FIXED_COST_SETTINGS`` (Ray Train's documented environment switches) and
+with and without a Ray dataset, as the sample (none) and evaluate (one) jobs have.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from benchmarks.common import (
@@ -72,12 +84,125 @@ def bench_family(family: str, steps: int, batch: int, epochs: int, threads: int,
     return {way: {"images_per_s": median(r), "rates": r, "vs_fit": median(r) / base} for way, r in rates.items()}
 
 
+# --------------------------------------------------------------------------- a job's fixed cost
+#: environment switches of Ray Train V2 (``ray/train/v2/_internal/constants.py``) tried against
+#: its defaults: the preemption watcher is one more actor (a fresh Python process importing Ray)
+#: started beside the workers; the metrics callbacks run in the controller and every worker.
+FIXED_COST_SETTINGS: dict[str, dict[str, str]] = {
+    "defaults": {},
+    "no preemption watcher": {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"},
+    "no Train metrics": {"RAY_TRAIN_METRICS_ENABLED": "0"},
+    "both off": {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_METRICS_ENABLED": "0"},
+}
+DRIVER_IMPORTS = ("torch", "mlflow", "ray", "ray.train.torch", "components.distributed.runner")
+
+
+def process_start_time() -> float:
+    """This process's start as a ``time.time()`` value (``/proc``: 10 ms resolution)."""
+    start_ticks = int(Path("/proc/self/stat").read_text().rpartition(")")[2].split()[19])
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    return time.time() - (uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+
+
+def _probe_body(job: dict[str, Any], session: Any) -> None:
+    """A trivial worker body: when its process started, when the body ran, and (with data) its rows."""
+    entered = time.time()
+    rows = sum(len(batch) for batch in session.dataset("rows").batches(64)) if job["data"] else 0
+    folder = Path(tempfile.mkdtemp(prefix="probe-"))
+    (folder / f"rank{session.rank}.json").write_text(json.dumps(
+        {"process_start": process_start_time(), "entered": entered, "rows": rows, "left": time.time()}))
+    session.send_results(folder)
+
+
+def driver_imports() -> dict[str, float]:
+    """Seconds each of ``DRIVER_IMPORTS`` adds, imported in that order by a fresh interpreter."""
+    code = ("import json, time, importlib; out = {}\n"
+            f"for name in {DRIVER_IMPORTS!r}:\n"
+            "    t = time.perf_counter(); importlib.import_module(name); out[name] = time.perf_counter() - t\n"
+            "print(json.dumps(out))")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def fixed_cost(repeats: int, workers: int) -> dict[str, Any]:
+    """Per setting and data/no data: the median seconds of each piece of a trivial job."""
+    from components.config import RayConfig
+    from components.distributed.datasets import ArraySource
+    from components.distributed.runner import run_job
+
+    cfg = RayConfig(num_workers=workers, storage_path=tempfile.mkdtemp(prefix="fixed-cost-"))
+    images = np.zeros((256, 1, 28, 28), dtype=np.uint8)
+    pieces: dict[str, dict[str, list[float]]] = {}
+    for round_index in range(1 + repeats):  # round 0 warms the head (its first job pays extra)
+        for setting_index, (setting, env) in enumerate(FIXED_COST_SETTINGS.items()):
+            for data in (False, True):
+                key = f"{setting}, {'one dataset' if data else 'no data'}"
+                saved = {k: os.environ.get(k) for k in env}
+                os.environ.update(env)
+                try:
+                    start = time.time()
+                    out = run_job(_probe_body, {"data": data}, cfg=cfg, name=f"fixed-cost-{round_index}-{setting_index}{'d' if data else ''}",
+                                  datasets={"rows": ArraySource(images)} if data else None)
+                    end = time.time()
+                finally:
+                    for k, v in saved.items():
+                        if v is None:
+                            os.environ.pop(k, None)
+                        else:
+                            os.environ[k] = v
+                ranks = [json.loads(f.read_text()) for f in out.glob("rank*.json")]
+                shutil.rmtree(out, ignore_errors=True)
+                if round_index == 0:
+                    pieces.setdefault(key, {})
+                    continue
+                row = pieces.setdefault(key, {})
+                for name, value in {
+                    "fit -> worker process": min(r["process_start"] for r in ranks) - start,
+                    "worker process -> body": max(r["entered"] - r["process_start"] for r in ranks),
+                    "body": max(r["left"] - r["entered"] for r in ranks),
+                    "body -> fit returns": end - max(r["left"] for r in ranks),
+                    "job": end - start,
+                }.items():
+                    row.setdefault(name, []).append(value)
+        print(f"round {round_index}: done", flush=True)
+    return {key: {name: median(values) for name, values in row.items()} for key, row in pieces.items()}
+
+
+def main_fixed_cost(args: Any) -> None:
+    import ray
+
+    result: dict[str, Any] = {"benchmark": "stage_overhead --fixed-cost", **machine(), "repeats": args.repeats or 5,
+                              "workers": args.workers, "driver_imports": driver_imports()}
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers import components only
+    ray_temp, _ = start_ray(1, torch.device("cpu"))
+    try:
+        ray.get(ray.remote(lambda: 0).remote())
+        result["jobs"] = fixed_cost(args.repeats or 5, args.workers)
+    finally:
+        stop_ray(ray_temp)
+    print(f"\nfixed cost of a Ray Train job on {result['cpu']}, {args.workers} worker(s), load {result['load_avg_1m']} "
+          f"at the start; median of {result['repeats']} rounds, seconds")
+    print("driver imports (fresh interpreter): "
+          + ", ".join(f"{k} {v:.2f}" for k, v in result["driver_imports"].items()))
+    names = ["fit -> worker process", "worker process -> body", "body", "body -> fit returns", "job"]
+    print_table(["setting", *names], [(k, *(f"{row[n]:.2f}" for n in names)) for k, row in result["jobs"].items()])
+    emit_json(result, args.json)
+
+
 def main() -> None:
     p = common_args(__doc__.split("\n")[0])
+    p.add_argument("--fixed-cost", action="store_true", help="take a trivial job's fixed cost apart instead")
+    p.add_argument("--workers", type=int, default=2, help="--fixed-cost: workers per job (the stages' default 2)")
     p.add_argument("--batch-size", type=int, default=None, help="default 128 (quick: 32)")
     p.add_argument("--repeats", type=int, default=None, help="timed epochs after the warm-up one (default 5)")
     allocator_args(p)
     args, _, threads, families = parse(p, cpu_only=True)
+    if args.fixed_cost:
+        main_fixed_cost(args)
+        return
     batch = args.batch_size or (32 if args.quick else 128)
     epochs = 1 + (args.repeats or (2 if args.quick else 5))
     result: dict[str, Any] = {"benchmark": "stage_overhead", **machine(), "device": "cpu", "batch_size": batch,

@@ -56,18 +56,22 @@ GPU_STEPS = 200
 DEFAULT_CANDIDATES = {"cpu": "fp32", "cuda": "fp32,bf16,bf16+compile,bf16+cudagraphs"}
 
 
-def parse_candidate(text: str) -> dict[str, str]:
-    """``bf16+compile`` -> ``{"precision": "bf16", "compile": "default"}`` (the config's fields).
+def parse_candidate(text: str) -> dict[str, Any]:
+    """``bf16+cl+compile`` -> ``{"precision": "bf16", "compile": "default", "channels_last": True}`` (config fields).
 
-    ``fused`` is not a config field: it swaps in fused Adam after the model is built (a what-if
+    ``cl`` asks for channels-last explicitly (without it, ``bench_family`` turns it on for bf16
+    conv networks on a GPU only). ``fused`` is not a config field: it swaps in fused Adam after the model is built (a what-if
     for CPU, where ``make_adam`` does not fuse; see ``fuse_optimizers``).
     """
     tokens = set(text.split("+"))
-    unknown = tokens - {"fp32", "bf16", "compile", "cudagraphs", "fused"}
+    unknown = tokens - {"fp32", "bf16", "cl", "compile", "cudagraphs", "fused"}
     if unknown:
         raise SystemExit(f"error: unknown candidate token(s) {sorted(unknown)} in {text!r}")
     compile_mode = "reduce-overhead" if "cudagraphs" in tokens else "default" if "compile" in tokens else "off"
-    return {"precision": "bf16" if "bf16" in tokens else "fp32", "compile": compile_mode}
+    fields: dict[str, Any] = {"precision": "bf16" if "bf16" in tokens else "fp32", "compile": compile_mode}
+    if "cl" in tokens:
+        fields["channels_last"] = True
+    return fields
 
 
 def fuse_optimizers(model: Any) -> None:
@@ -224,7 +228,7 @@ def bench_family(cfg: Any, spec: DataSpec, images: np.ndarray, labels: np.ndarra
     for name in candidates:
         fields = parse_candidate(name)
         # channels-last pays with bf16 convolutions on the GPU (tensor-core NHWC kernels)
-        fields["channels_last"] = device.type == "cuda" and fields["precision"] == "bf16" and is_conv(cfg)
+        fields.setdefault("channels_last", device.type == "cuda" and fields["precision"] == "bf16" and is_conv(cfg))
         settings[name] = with_settings(cfg, **fields)
         try:
             runners[name] = ProjectRunner(settings[name], spec, images, labels, device, "fused" in name.split("+"))
@@ -251,7 +255,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="batches per epoch (default: per family and device)")
     p.add_argument("--repeats", type=int, default=None, help="timed epochs after the warm-up one (default 5, quick 2)")
     p.add_argument("--candidates", default=None,
-                   help="runtime settings tried for (b), e.g. fp32,bf16+compile,bf16+cudagraphs "
+                   help="runtime settings tried for (b), e.g. fp32,bf16,bf16+cl,bf16+compile,bf16+cudagraphs (cl = channels-last) "
                         f"(default cpu: {DEFAULT_CANDIDATES['cpu']}; cuda: {DEFAULT_CANDIDATES['cuda']})")
     p.add_argument("--no-stage", action="store_true", help="skip (c), the Ray Train + MLflow run")
     p.add_argument("--stream", action="store_true", help="also run (c) streaming its data (data.loading.mode: stream)")

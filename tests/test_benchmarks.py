@@ -90,6 +90,7 @@ def test_candidates_map_to_config_fields():
     assert parse_candidate("fp32") == {"precision": "fp32", "compile": "off"}
     assert parse_candidate("bf16+compile") == {"precision": "bf16", "compile": "default"}
     assert parse_candidate("bf16+cudagraphs") == {"precision": "bf16", "compile": "reduce-overhead"}
+    assert parse_candidate("bf16+cl") == {"precision": "bf16", "compile": "off", "channels_last": True}
     with pytest.raises(SystemExit, match="unknown candidate"):
         parse_candidate("fp16")
 

@@ -234,6 +234,16 @@ def test_precision_defaults_to_auto_and_bf16_no_longer_needs_a_gpu(tmp_path):
     assert gpu.train["ddpm"].precision == "bf16"  # the gpu profile still asks for it explicitly
 
 
+def test_compile_is_refused_with_the_r1_penalty(tmp_path):
+    """torch.compile's autograd cannot take R1's gradient of a gradient (it raised at the first step)."""
+    params = minimal()
+    params["train"]["gan"].update(compile="default", r1_gamma=30)
+    assert any(p.startswith("train.gan: Value error, compile: default cannot train with r1_gamma 30")
+               for p in problems(tmp_path, params))
+    params["train"]["gan"]["r1_gamma"] = 0
+    assert load_config(write_params(tmp_path, params)).train["gan"].compile == "default"
+
+
 def test_a_run_is_sized_by_epochs_or_steps_never_both(tmp_path):
     params = minimal()
     params["train"]["gan"]["steps"] = 2_000  # steps alone: the default epochs steps aside

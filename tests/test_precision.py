@@ -4,6 +4,7 @@ error, and the precision that ran is recorded (checkpoint, worker record, MLflow
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -95,3 +96,19 @@ def test_bf16_training_is_deterministic(monkeypatch, family):
     fit(fp32, TensorLoader(images, labels, 16, seed=3), epochs=2, seed=3, log_every=4)
     differs = [k for k, v in flat_state(fp32).items() if not torch.equal(v, flat_state(a)[k])]
     assert differs, "bf16 and fp32 gave the same weights: autocast did not run"
+
+
+def test_compiled_kernels_are_cached_under_the_project(monkeypatch, tmp_path):
+    """``compile`` keeps inductor's kernels in ``<project>/.cache/torchinductor``, in this process and in
+    every Ray worker (the driver forwards the path), so a second run does not compile again."""
+    from components.distributed.runner import worker_env
+
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    assert worker_env()["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / ".cache" / "torchinductor")
+    configure_runtime(build("vae"), "fp32")
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ  # eager runs leave it alone
+    configure_runtime(build("vae"), "fp32", compile_mode="default")  # wraps lazily: compiles at the first step
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / ".cache" / "torchinductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/elsewhere")  # a user's own setting wins
+    assert worker_env()["TORCHINDUCTOR_CACHE_DIR"] == "/elsewhere"

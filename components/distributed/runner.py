@@ -35,7 +35,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION",
                  "GENMODELS_FAULT_AT_STEP", "GENMODELS_FAULT_MARKER", "OMP_NUM_THREADS",
                  "GENMODELS_IMAGE", "GENMODELS_GIT_COMMIT", "MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_",
-                 "MALLOC_TRIM_THRESHOLD_", "GENMODELS_CPU_BF16")
+                 "MALLOC_TRIM_THRESHOLD_", "GENMODELS_CPU_BF16", "TORCHINDUCTOR_CACHE_DIR")
 # glibc's malloc in every worker (components/distributed/malloc.py says why), unless the driver's
 # environment says otherwise. Train's print patch routes a worker's print() through a logger *and*,
 # where something has wrapped sys.stdout (MLflow's system metrics do), tees it: every line twice.
@@ -97,7 +97,9 @@ def worker_env() -> dict[str, str]:
     """
     address = os.environ.get("RAY_ADDRESS", "")
     named = {"RAY_ADDRESS": address} if address and address not in ("auto", "local") and "://" not in address else {}
-    return {**WORKER_ENV_DEFAULTS, **named, **{k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}}
+    compile_cache = {"TORCHINDUCTOR_CACHE_DIR": str(layout.compile_cache_dir())}  # used by `compile` only
+    return {**WORKER_ENV_DEFAULTS, **compile_cache, **named,
+            **{k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}}
 
 
 def connect(cfg: RayConfig) -> float:

@@ -9,6 +9,7 @@ checkpoint callback runs, so the last good checkpoint is kept.
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -110,11 +111,28 @@ def configure_runtime(model: TrainableModel, precision: str = "fp32", channels_l
         for net in model.networks().values():
             net.to(memory_format=torch.channels_last)
     if compile_mode != "off":
+        use_project_compile_cache()
         from torch import _dynamo
 
         _dynamo.config.suppress_errors = True
         mode = None if compile_mode == "default" else compile_mode
         model.wrap_networks(lambda net: torch.compile(net, mode=mode))
+
+
+def use_project_compile_cache() -> None:
+    """Point inductor's on-disk cache at ``<project>/.cache/torchinductor`` unless the user chose one.
+
+    A Ray worker gets the driver's project path (``runner.worker_env``). Inductor writes its own
+    default (``/tmp/torchinductor_<user>``) into the environment once anything imported it, so
+    that default counts as unset.
+    """
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    from components import layout
+
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is None or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(layout.compile_cache_dir())
 
 
 def _check_finite(values: dict[str, float], step: int) -> None:
