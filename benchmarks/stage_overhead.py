@@ -125,7 +125,7 @@ def driver_imports() -> dict[str, float]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def fixed_cost(repeats: int, workers: int) -> dict[str, Any]:
+def fixed_cost(repeats: int, workers: int, settings: list[str]) -> dict[str, Any]:
     """Per setting and data/no data: the median seconds of each piece of a trivial job."""
     from components.config import RayConfig
     from components.distributed.datasets import ArraySource
@@ -135,7 +135,8 @@ def fixed_cost(repeats: int, workers: int) -> dict[str, Any]:
     images = np.zeros((256, 1, 28, 28), dtype=np.uint8)
     pieces: dict[str, dict[str, list[float]]] = {}
     for round_index in range(1 + repeats):  # round 0 warms the head (its first job pays extra)
-        for setting_index, (setting, env) in enumerate(FIXED_COST_SETTINGS.items()):
+        for setting_index, setting in enumerate(settings):
+            env = FIXED_COST_SETTINGS[setting]
             for data in (False, True):
                 key = f"{setting}, {'one dataset' if data else 'no data'}"
                 saved = {k: os.environ.get(k) for k in env}
@@ -166,7 +167,32 @@ def fixed_cost(repeats: int, workers: int) -> dict[str, Any]:
                 }.items():
                     row.setdefault(name, []).append(value)
         print(f"round {round_index}: done", flush=True)
+    shutil.rmtree(cfg.storage_path, ignore_errors=True)
     return {key: {name: median(values) for name, values in row.items()} for key, row in pieces.items()}
+
+
+def job_timeline(workers: int) -> list[tuple[float, float, str]]:
+    """One more trivial job's Ray timeline: ``(start after fit(), seconds, what)`` of each actor
+    method and Train execution step (helper actors' creation, the workers' context, the process
+    group, the train function), and when each worker process started and its body ran."""
+    import ray
+
+    from components.config import RayConfig
+    from components.distributed.runner import run_job
+
+    cfg = RayConfig(num_workers=workers, storage_path=tempfile.mkdtemp(prefix="fixed-cost-"))
+    start = time.time()
+    out = run_job(_probe_body, {"data": False}, cfg=cfg, name="fixed-cost-timeline")
+    end = time.time()
+    rows = [(e["ts"] / 1e6 - start, e["dur"] / 1e6, e["cat"].removeprefix("task::")) for e in ray.timeline()
+            if e.get("ph") == "X" and str(e.get("cat", "")).startswith("task::") and e["ts"] / 1e6 >= start]
+    for rank_file in sorted(out.glob("rank*.json")):
+        record = json.loads(rank_file.read_text())
+        rows += [(record["process_start"] - start, 0.0, f"{rank_file.stem}: worker process starts"),
+                 (record["entered"] - start, 0.0, f"{rank_file.stem}: the body runs")]
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(cfg.storage_path, ignore_errors=True)
+    return sorted(rows) + [(end - start, 0.0, "fit() returns")]
 
 
 def main_fixed_cost(args: Any) -> None:
@@ -180,7 +206,8 @@ def main_fixed_cost(args: Any) -> None:
     ray_temp, _ = start_ray(1, torch.device("cpu"))
     try:
         ray.get(ray.remote(lambda: 0).remote())
-        result["jobs"] = fixed_cost(args.repeats or 5, args.workers)
+        result["jobs"] = fixed_cost(args.repeats or 5, args.workers, args.settings.split(","))
+        result["timeline"] = job_timeline(args.workers)
     finally:
         stop_ray(ray_temp)
     print(f"\nfixed cost of a Ray Train job on {result['cpu']}, {args.workers} worker(s), load {result['load_avg_1m']} "
@@ -189,6 +216,9 @@ def main_fixed_cost(args: Any) -> None:
           + ", ".join(f"{k} {v:.2f}" for k, v in result["driver_imports"].items()))
     names = ["fit -> worker process", "worker process -> body", "body", "body -> fit returns", "job"]
     print_table(["setting", *names], [(k, *(f"{row[n]:.2f}" for n in names)) for k, row in result["jobs"].items()])
+    print("\none more job (defaults, no data), Ray's timeline: seconds after fit() is called")
+    print_table(["at s", "for s", "what"], [(f"{at:.2f}", f"{dur:.2f}" if dur else "", what)
+                                             for at, dur, what in result["timeline"]])
     emit_json(result, args.json)
 
 
@@ -196,6 +226,8 @@ def main() -> None:
     p = common_args(__doc__.split("\n")[0])
     p.add_argument("--fixed-cost", action="store_true", help="take a trivial job's fixed cost apart instead")
     p.add_argument("--workers", type=int, default=2, help="--fixed-cost: workers per job (the stages' default 2)")
+    p.add_argument("--settings", default=",".join(FIXED_COST_SETTINGS),
+                   help=f"--fixed-cost: comma-separated, of {', '.join(FIXED_COST_SETTINGS)}")
     p.add_argument("--batch-size", type=int, default=None, help="default 128 (quick: 32)")
     p.add_argument("--repeats", type=int, default=None, help="timed epochs after the warm-up one (default 5)")
     allocator_args(p)

@@ -166,6 +166,22 @@ def test_stage_overhead_quick_reports_every_way():
     assert ways["fit"]["vs_fit"] == 1.0
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs Ray")
+def test_stage_overhead_fixed_cost_times_every_piece_of_a_job():
+    result = run_quick("benchmarks.stage_overhead", "--fixed-cost", "--repeats", "1", "--workers", "1",
+                       "--settings", "defaults", table="| setting")
+    assert set(result["jobs"]) == {"defaults, no data", "defaults, one dataset"}
+    for key, row in result["jobs"].items():
+        pieces = ("fit -> worker process", "worker process -> body", "body", "body -> fit returns")
+        assert all(row[p] >= 0 for p in pieces) and positive(row["job"]), (key, row)
+        assert sum(row[p] for p in pieces) == pytest.approx(row["job"], abs=0.05), key  # the pieces tile the job
+    assert all(positive(seconds) for seconds in result["driver_imports"].values())
+    whats = [what for _, _, what in result["timeline"]]
+    assert "rank0: worker process starts" in whats and "rank0: the body runs" in whats
+    assert whats[-1] == "fit() returns" and any("RayTrainWorker" in what for what in whats)
+
+
 # --------------------------------------------------------------------------- benchmarks.peers (diffusers)
 PEER_SCRIPT = ROOT / "benchmarks" / "diffusers_peer.py"
 
