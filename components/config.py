@@ -305,6 +305,10 @@ class SampleConfig(StrictModel):
     batch_size: PositiveInt = 500
     seed: NonNegativeInt = 1234
     grid_size: PositiveInt = Field(10, description="the grid is grid_size x grid_size images")
+    num_workers: PositiveInt | None = Field(
+        None, description="workers of the sample job; null: ray.num_workers for an iterative sampler (DDPM), 1 for "
+        "a single-pass generator (GAN, CGAN, DCGAN, VAE: 10,000 images in about a second on one core, less than "
+        "a second worker costs to start; docs/benchmarks.md)")
 
 
 class ClassifierConfig(TrainBase):
@@ -335,6 +339,9 @@ class EvaluateConfig(StrictModel):
                                                            "(VAE ELBO, DDPM noise loss); fixed for comparability")
     held_out_batch_size: PositiveInt = Field(500, description="test images per held-out scoring batch (the "
                                                               "scores are per-batch means, so part of the result)")
+    num_workers: PositiveInt | None = Field(
+        1, description="workers of the features job (the classifier over the samples: about a second on one core, "
+        "less than a second worker costs to start); null: ray.num_workers")
 
 
 # --------------------------------------------------------------------------- sweep

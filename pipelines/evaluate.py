@@ -58,7 +58,8 @@ def main(args: argparse.Namespace, cfg: PipelineConfig) -> None:
     job = FeaturesJob.from_config(cfg, classifier_dir, tuple(sets))
     key = {"name": name, "samples": hashlib.sha256(images.tobytes()).hexdigest(),
            "ceiling": hashlib.sha256(sets["ceiling"].tobytes()).hexdigest()}
-    result = run_job(features_job, job, cfg=cfg.ray, plain=args.plain, name=run_name(f"features-{name}", key),
+    ray_cfg = cfg.ray.model_copy(update={"num_workers": ecfg.num_workers or cfg.ray.num_workers})
+    result = run_job(features_job, job, cfg=ray_cfg, plain=args.plain, name=run_name(f"features-{name}", key),
                      datasets={set_source(k): ArraySource(v) for k, v in sets.items()})
     features = {set_name: merge_chunks(result / set_name) for set_name in sets}
     shutil.rmtree(result, ignore_errors=True)

@@ -22,6 +22,7 @@ from components.distributed.inference_jobs import merge_chunks, sample_job
 from components.distributed.jobs import SampleJob
 from components.distributed.runner import ClusterUnreachable, StorageError, run_job, run_name
 from components.io import atomic_dir
+from components.models import model_class
 from components.report.grid import make_grid
 from pipelines.common import MODEL, StageParser, parser, run_main
 
@@ -34,6 +35,14 @@ def arguments() -> StageParser:
     return p
 
 
+def sample_workers(cfg: PipelineConfig, name: str) -> int:
+    """The sample job's workers: ``sample.num_workers``, else all of ``ray.num_workers`` for an
+    iterative sampler and one for a single-pass generator (the same images either way)."""
+    if cfg.sample.num_workers is not None:
+        return cfg.sample.num_workers
+    return cfg.ray.num_workers if model_class(cfg.train[name].family).iterative_sampler else 1
+
+
 def main(args: argparse.Namespace, cfg: PipelineConfig) -> None:
     name, scfg = args.model, cfg.sample
     model_dir, out = Path(args.model_dir), Path(args.out)
@@ -44,7 +53,8 @@ def main(args: argparse.Namespace, cfg: PipelineConfig) -> None:
     job = SampleJob.from_config(cfg, name, model_dir)
     key = {"trained": hashlib.sha256(job.sets["samples"].checkpoint).hexdigest(), **scfg.model_dump()}
     start = time.perf_counter()
-    result = run_job(sample_job, job, cfg=cfg.ray, plain=args.plain, name=run_name(f"sample-{name}", key))
+    ray_cfg = cfg.ray.model_copy(update={"num_workers": sample_workers(cfg, name)})
+    result = run_job(sample_job, job, cfg=ray_cfg, plain=args.plain, name=run_name(f"sample-{name}", key))
     seconds = time.perf_counter() - start
     try:
         arrays = {set_name: merge_chunks(result / set_name) for set_name in job.sets}

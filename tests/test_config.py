@@ -234,6 +234,20 @@ def test_precision_defaults_to_auto_and_bf16_no_longer_needs_a_gpu(tmp_path):
     assert gpu.train["ddpm"].precision == "bf16"  # the gpu profile still asks for it explicitly
 
 
+def test_inference_jobs_take_the_workers_their_work_needs(tmp_path):
+    """One worker for a single-pass generator's sampling and for the features job; DDPM's iterative
+    sampler spreads over ray.num_workers; either can be set."""
+    from pipelines.sample import sample_workers
+
+    params = minimal()
+    params["ray"] = {"num_workers": 3}
+    cfg = load_config(write_params(tmp_path, params))
+    assert (sample_workers(cfg, "gan"), sample_workers(cfg, "ddpm_small")) == (1, 3)
+    assert cfg.evaluate.num_workers == 1
+    params["sample"] = {"num_workers": 2}
+    assert sample_workers(load_config(write_params(tmp_path, params)), "gan") == 2
+
+
 def test_compile_is_refused_with_the_r1_penalty(tmp_path):
     """torch.compile's autograd cannot take R1's gradient of a gradient (it raised at the first step)."""
     params = minimal()

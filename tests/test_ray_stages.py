@@ -86,10 +86,12 @@ def test_metrics_file_is_finite_and_sits_between_floor_and_ceiling(trained):
 
 
 def test_samples_do_not_depend_on_worker_count(trained, ray_address):
-    two = np.load(trained / "samples" / "gan" / "samples.npz")
-    run_stage(trained, "sample", "--model", "gan", "--set", "ray.num_workers=1", "--out", "samples/gan-1w",
-              env={"RAY_ADDRESS": ray_address}, tracking="local")
-    one = np.load(trained / "samples" / "gan-1w" / "samples.npz")
+    """A single-pass generator samples on one worker by default (``sample.num_workers: null``)."""
+    one = np.load(trained / "samples" / "gan" / "samples.npz")
+    done = run_stage(trained, "sample", "--model", "gan", "--set", "sample.num_workers=2", "--out", "samples/gan-2w",
+                     env={"RAY_ADDRESS": ray_address}, tracking="local")
+    assert "Ray Train job, 2 worker(s)" in done.stdout + done.stderr
+    two = np.load(trained / "samples" / "gan-2w" / "samples.npz")
     assert two["images"].shape == (200, 1, 28, 28) and two["images"].dtype == np.uint8
     np.testing.assert_array_equal(one["images"], two["images"])
     np.testing.assert_array_equal(one["labels"], np.arange(200) % 10)

@@ -233,6 +233,10 @@ class GenerativeModel(TrainableModel):
     samples_unlabelled: ClassVar[bool] = True
     #: ``sample`` takes ``progress=True`` and shows its own bar (over DDPM's denoising steps)
     sample_progress: ClassVar[bool] = False
+    #: sampling runs the network many times an image (DDPM's denoising steps): the sample stage
+    #: spreads it over ``ray.num_workers``; a single-pass generator samples on one worker
+    #: (``SampleConfig.num_workers``)
+    iterative_sampler: ClassVar[bool] = False
 
     @property
     def is_conditional(self) -> bool:

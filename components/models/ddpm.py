@@ -424,6 +424,7 @@ class DDPM(GenerativeModel):
     network_names: ClassVar[tuple[str, ...]] = ("denoiser",)
     shadow_names: ClassVar[tuple[str, ...]] = ("ema",)
     sample_progress: ClassVar[bool] = True
+    iterative_sampler: ClassVar[bool] = True
     # 12 steps stay untrained (FID 737), 702 (the earlier default) reach FID 194 and 820 FID 179
     # (docs/benchmarks.md); its EMA (decay 0.999) also needs some hundreds of steps to move
     min_useful_steps: ClassVar[int | None] = 500
