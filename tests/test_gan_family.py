@@ -149,3 +149,25 @@ def test_cgan_labels_steer_samples() -> None:
     )
     with pytest.raises(ValueError):
         model.sample(3, torch.zeros(4, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_channels_last_dcgan_gradients_keep_their_parameters_strides(monkeypatch, precision):
+    """params.yaml trains the DCGAN channels-last: DDP builds its bucket views from the parameters'
+    strides, and a gradient laid out otherwise costs a copy a step (and its stride warning)."""
+    from tiny_models import tiny_data
+
+    from components.training.loop import configure_runtime
+    from components.training.precision import CPU_BF16_ENV
+
+    monkeypatch.setenv(CPU_BF16_ENV, "1")  # emulated where the CPU lacks it: the layouts are the same
+    model = build("dcgan")
+    configure_runtime(model, precision, channels_last=True)
+    images, labels = tiny_data(16)
+    model.train_step(images.contiguous(memory_format=torch.channels_last), labels)
+    mismatched = [(net, name) for net, module in model.networks().items() for name, p in module.named_parameters()
+                  if p.grad is not None and p.grad.stride() != p.stride()]
+    assert mismatched == []
+    conv_weights = [p for module in model.networks().values() for p in module.parameters() if p.dim() == 4]
+    assert conv_weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in conv_weights)
+    assert any(not p.is_contiguous() for p in conv_weights)  # the layout really changed
