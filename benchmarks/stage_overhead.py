@@ -16,7 +16,9 @@ Needs Ray and MLflow.
 the driver's imports (in a fresh interpreter), then per job ``fit()`` -> the worker process
 exists -> its body runs -> ``fit()`` returns, each the median of ``--repeats`` interleaved rounds,
 for every setting in ``FIXED_COST_SETTINGS`` (Ray Train's documented environment switches) and
-with and without a Ray dataset, as the sample (none) and evaluate (one) jobs have.
+each of ``DATA_WAYS``: no data (a sample job), one dataset as the stages pass it (each rank its own
+share, dealt by the driver), and the same rows split by Ray Train's ``streaming_split`` (the way
+before 2026-12-06: one ``SplitCoordinator`` actor per job and dataset).
 """
 
 from __future__ import annotations
@@ -94,6 +96,8 @@ FIXED_COST_SETTINGS: dict[str, dict[str, str]] = {
     "no Train metrics": {"RAY_TRAIN_METRICS_ENABLED": "0"},
     "both off": {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_METRICS_ENABLED": "0"},
 }
+#: how the trivial job gets its 256 rows
+DATA_WAYS = ("no data", "one dataset", "one dataset, streaming_split")
 DRIVER_IMPORTS = ("torch", "mlflow", "ray", "ray.train.torch", "components.distributed.runner")
 
 
@@ -106,8 +110,16 @@ def process_start_time() -> float:
 
 def _probe_body(job: dict[str, Any], session: Any) -> None:
     """A trivial worker body: when its process started, when the body ran, and (with data) its rows."""
+    from components.distributed.datasets import RayShardData
+
     entered = time.time()
-    rows = sum(len(batch) for batch in session.dataset("rows").batches(64)) if job["data"] else 0
+    if job["data"] == "no data":
+        data = None
+    elif job["data"].endswith("streaming_split"):  # Ray Train's split of the whole dataset, under its own name
+        data = RayShardData(session._train.get_dataset_shard("rows"))
+    else:
+        data = session.dataset("rows")
+    rows = sum(len(batch["image"]) for batch in data.batches(64)) if data is not None else 0
     folder = Path(tempfile.mkdtemp(prefix="probe-"))
     (folder / f"rank{session.rank}.json").write_text(json.dumps(
         {"process_start": process_start_time(), "entered": entered, "rows": rows, "left": time.time()}))
@@ -131,22 +143,27 @@ def fixed_cost(repeats: int, workers: int, settings: list[str]) -> dict[str, Any
     from components.distributed.datasets import ArraySource
     from components.distributed.runner import run_job
 
+    from components.distributed import runner
+
     cfg = RayConfig(num_workers=workers, storage_path=tempfile.mkdtemp(prefix="fixed-cost-"))
     images = np.zeros((256, 1, 28, 28), dtype=np.uint8)
+    ours = runner.ray_datasets
     pieces: dict[str, dict[str, list[float]]] = {}
     for round_index in range(1 + repeats):  # round 0 warms the head (its first job pays extra)
         for setting_index, setting in enumerate(settings):
             env = FIXED_COST_SETTINGS[setting]
-            for data in (False, True):
-                key = f"{setting}, {'one dataset' if data else 'no data'}"
+            for data_index, data in enumerate(DATA_WAYS):
+                key = f"{setting}, {data}"
                 saved = {k: os.environ.get(k) for k in env}
                 os.environ.update(env)
+                runner.ray_datasets = _streaming_split_datasets if data.endswith("streaming_split") else ours
                 try:
                     start = time.time()
-                    out = run_job(_probe_body, {"data": data}, cfg=cfg, name=f"fixed-cost-{round_index}-{setting_index}{'d' if data else ''}",
-                                  datasets={"rows": ArraySource(images)} if data else None)
+                    out = run_job(_probe_body, {"data": data}, cfg=cfg, name=f"fixed-cost-{round_index}-{setting_index}-{data_index}",
+                                  datasets=None if data == "no data" else {"rows": ArraySource(images)})
                     end = time.time()
                 finally:
+                    runner.ray_datasets = ours
                     for k, v in saved.items():
                         if v is None:
                             os.environ.pop(k, None)
@@ -171,6 +188,15 @@ def fixed_cost(repeats: int, workers: int, settings: list[str]) -> dict[str, Any
     return {key: {name: median(values) for name, values in row.items()} for key, row in pieces.items()}
 
 
+def _streaming_split_datasets(sources: dict[str, Any], world_size: int) -> tuple[dict[str, Any], Any]:
+    """The way before: one dataset per source, split over the ranks by Ray Train (``streaming_split``)."""
+    from ray.data import ExecutionOptions
+    from ray.train import DataConfig
+
+    whole = {name: source.rank_datasets(1)[0] for name, source in sources.items()}
+    return whole, DataConfig(datasets_to_split="all", execution_options=ExecutionOptions(preserve_order=True))
+
+
 def job_timeline(workers: int) -> list[tuple[float, float, str]]:
     """One more trivial job's Ray timeline: ``(start after fit(), seconds, what)`` of each actor
     method and Train execution step (helper actors' creation, the workers' context, the process
@@ -182,7 +208,7 @@ def job_timeline(workers: int) -> list[tuple[float, float, str]]:
 
     cfg = RayConfig(num_workers=workers, storage_path=tempfile.mkdtemp(prefix="fixed-cost-"))
     start = time.time()
-    out = run_job(_probe_body, {"data": False}, cfg=cfg, name="fixed-cost-timeline")
+    out = run_job(_probe_body, {"data": "no data"}, cfg=cfg, name="fixed-cost-timeline")
     end = time.time()
     rows = [(e["ts"] / 1e6 - start, e["dur"] / 1e6, e["cat"].removeprefix("task::")) for e in ray.timeline()
             if e.get("ph") == "X" and str(e.get("cat", "")).startswith("task::") and e["ts"] / 1e6 >= start]

@@ -171,7 +171,7 @@ def test_stage_overhead_quick_reports_every_way():
 def test_stage_overhead_fixed_cost_times_every_piece_of_a_job():
     result = run_quick("benchmarks.stage_overhead", "--fixed-cost", "--repeats", "1", "--workers", "1",
                        "--settings", "defaults", table="| setting")
-    assert set(result["jobs"]) == {"defaults, no data", "defaults, one dataset"}
+    assert set(result["jobs"]) == {"defaults, no data", "defaults, one dataset", "defaults, one dataset, streaming_split"}
     for key, row in result["jobs"].items():
         pieces = ("fit -> worker process", "worker process -> body", "body", "body -> fit returns")
         assert all(row[p] >= 0 for p in pieces) and positive(row["job"]), (key, row)

@@ -14,7 +14,9 @@ from servers import HEAD_IP, WORKER_IP, ray_node
 
 from components.config import LoadingConfig
 from components.data.dataset import DataError, load_split
-from components.distributed.datasets import ArraySource, LocalData, blocks_dataset, prepared, put_block
+from components.distributed import datasets
+from components.distributed.datasets import (ROWS_PER_BLOCK, ArraySource, LocalData, PreparedSource, blocks_dataset,
+                                             prepared, put_block)
 from components.distributed.inference_jobs import merge_chunks
 from components.distributed.jobs import FeaturesJob, SampleJob, SampleSet
 from components.distributed.runner import check_small
@@ -65,6 +67,35 @@ def test_array_source_rows_in_plain_mode() -> None:
     batches = list(LocalData(ArraySource(images)).batches(2))
     assert [len(b["image"]) for b in batches] == [2, 2, 1]
 
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_the_driver_deals_rows_to_the_ranks_in_turn_in_equal_shares(tmp_path, monkeypatch, world_size) -> None:
+    """Row i of the split to rank i % W across shard files of uneven sizes; shares cut to equal
+    length (equal steps on every rank); whole blocks but the last; the padding of an ArraySource kept."""
+    import pyarrow.parquet as pq
+
+    from components.data.shards import image_table
+
+    monkeypatch.setattr(datasets, "put_block", lambda table: (table, None))  # no Ray: blocks stay tables
+    monkeypatch.setattr(datasets, "blocks_dataset", lambda blocks: [table for table, _ in blocks])
+    sizes, start, files = (700, 1, 300), 0, []
+    for i, n in enumerate(sizes):
+        rows = np.arange(start, start + n)
+        files.append(str(tmp_path / f"{i}.parquet"))
+        pq.write_table(image_table((rows % 251).astype(np.uint8).reshape(n, 1, 1, 1), label=rows), files[-1])
+        start += n
+    total = sum(sizes)
+    shares = PreparedSource(tuple(files)).rank_datasets(world_size)
+    for rank, blocks in enumerate(shares):
+        labels = np.concatenate([b.column("label").to_numpy() for b in blocks])
+        np.testing.assert_array_equal(labels, np.arange(rank, total, world_size)[: total // world_size])
+        assert all(len(b) == ROWS_PER_BLOCK for b in blocks[:-1]) and 0 < len(blocks[-1]) <= ROWS_PER_BLOCK
+    images = np.arange(7, dtype=np.uint8).reshape(7, 1, 1, 1)
+    dealt = [np.concatenate([b.column("index").to_numpy() for b in share])
+             for share in ArraySource(images).rank_datasets(world_size)]
+    assert {len(d) for d in dealt} == {-(-7 // world_size)}  # padded to equal shares, no image lost
+    assert sorted(i for d in dealt for i in d if i != datasets.PAD) == list(range(7))
 
 
 def test_blocks_put_by_the_driver_make_the_dataset_from_arrow_refs_makes(ray_address, monkeypatch) -> None:

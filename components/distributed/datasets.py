@@ -3,9 +3,15 @@ under Ray, plain arrays in ``--plain``. No data travels in the job spec (``train
 
 A source is either rows of the prepared data (``PreparedSource``: the fetch stage's Parquet shards)
 or arrays the driver holds (``ArraySource``: image sets to embed). Under Ray, the driver, which
-has the files, puts them into Ray's object store block by block, and each rank, on any node,
-fetches only the blocks of its share from there. Splits are deterministic:
-``preserve_order`` makes ``streaming_split`` assign the same rows to the same rank every run.
+has the files, deals the rows to the ranks (row ``i`` to rank ``i % W``, equal shares) and puts
+each rank's share into Ray's object store block by block, as a Ray Dataset of its own; each rank,
+on any node, reads only its own from there. The split is the driver's, so it is the same every run.
+
+Why not Ray Train's ``streaming_split``: it runs every split dataset through a ``SplitCoordinator``
+actor, one more fresh process importing Ray Data per job and dataset, that the ranks then pull
+every block through: 2.7 s of a trivial 2-worker job on a 2-vCPU VM (11.9 s against 8.8 s,
+``benchmarks/stage_overhead.py --fixed-cost``). A rank that iterates a dataset of its own reads
+the blocks directly.
 
 Each rank sees a ``RankData`` (``Session.dataset(name)``): its rows as arrays (``arrays``), or
 as a stream of batches (``batches``). Images are flat uint8 rows here; callers reshape them.
@@ -25,7 +31,7 @@ import pyarrow.parquet as pq
 from components.data.dataset import checked
 from components.data.shards import image_table, table_arrays, verify_split
 
-ROWS_PER_BLOCK = 256  # rows per Ray Data block: the granularity of the split over the ranks
+ROWS_PER_BLOCK = 256  # rows per Ray Data block: what a rank fetches from the object store at a time
 PAD = -1  # ArraySource's ``index`` of the rows that pad a set to a multiple of the world size
 
 
@@ -51,21 +57,26 @@ class PreparedSource:
     def table(self) -> pa.Table:
         return pa.concat_tables([pq.read_table(f) for f in self.files]) if self.files else _empty()
 
-    def ray_dataset(self, world_size: int) -> Any:
-        """One block per shard, put into Ray's object store by this (the driver's) process.
+    def rank_datasets(self, world_size: int) -> list[Any]:
+        """Each rank's share as a Ray Dataset whose blocks this (the driver's) process put into the object store.
 
-        Blocks of ``ROWS_PER_BLOCK`` rows are dealt to the ranks in turn, so every rank's share
-        spans the whole split (class-sorted data gives each rank every class).
+        Row ``i`` of the split goes to rank ``i % world_size``, so every rank's share spans the whole
+        split (class-sorted data gives each rank every class); the shares are cut to equal length,
+        so that the ranks take the same number of steps, dropping at most ``world_size - 1`` rows.
         Not ``read_parquet("local://...")``: its file listing needs a free CPU, and the train
         workers hold every CPU of a small cluster (2 workers on 2 CPUs), so it would wait forever.
-        Ray spills blocks beyond the object store's size to disk; ranks fetch only their own.
+        One shard is in this process' memory at a time; Ray spills blocks beyond the object
+        store's size to disk, and ranks fetch only their own.
         """
-        del world_size  # streaming_split(equal=True) evens the ranks out, dropping at most W - 1 rows
-        blocks = []
-        for f in self.files:  # one shard in this process' memory at a time
+        total = sum(pq.read_metadata(f).num_rows for f in self.files)
+        shares = [RankBlocks(total // world_size) for _ in range(world_size)]
+        start = 0
+        for f in self.files:
             table = pq.read_table(f, columns=["image", "label"])
-            blocks += [put_block(table.slice(s, ROWS_PER_BLOCK)) for s in range(0, len(table), ROWS_PER_BLOCK)]
-        return blocks_dataset(blocks)
+            for share, rows in zip(shares, deal_rows(table, start, world_size), strict=True):
+                share.add(rows)
+            start += len(table)
+        return [share.dataset() for share in shares]
 
 
 @dataclass(frozen=True)
@@ -85,17 +96,68 @@ class ArraySource:
     def _table(self, images: np.ndarray, index: np.ndarray, labels: np.ndarray | None) -> pa.Table:
         return image_table(images, index=index, **({} if labels is None else {"label": labels}))
 
-    def ray_dataset(self, world_size: int) -> Any:
+    def rank_datasets(self, world_size: int) -> list[Any]:
+        """Each rank's rows as a Ray Dataset (``PreparedSource.rank_datasets``), padded first."""
         n = len(self.images)
         pad = -n % world_size
         take = np.concatenate([np.arange(n), np.arange(pad) % max(n, 1)])
         index = np.concatenate([np.arange(n), np.full(pad, PAD)])
         table = self._table(self.images[take], index, None if self.labels is None else self.labels[take])
-        slices = [table.slice(s, ROWS_PER_BLOCK) for s in range(0, len(table), ROWS_PER_BLOCK)] or [table]
-        return blocks_dataset([put_block(t) for t in slices])
+        shares = [RankBlocks(len(table) // world_size) for _ in range(world_size)]
+        for share, rows in zip(shares, deal_rows(table, 0, world_size), strict=True):
+            share.add(rows)
+        return [share.dataset() for share in shares]
 
 
 Source = PreparedSource | ArraySource
+
+
+def deal_rows(table: pa.Table, start: int, world_size: int) -> list[pa.Table]:
+    """``table``'s rows by rank, when its first row is row ``start`` of the whole source: row
+    ``start + i`` goes to rank ``(start + i) % world_size``, in order."""
+    return [table.take(np.arange((rank - start) % world_size, len(table), world_size))
+            for rank in range(world_size)]
+
+
+class RankBlocks:
+    """One rank's share, put into the object store in blocks of ``ROWS_PER_BLOCK`` rows as it
+    grows, up to ``limit`` rows (the equal share; later rows are dropped)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.rows = limit, 0
+        self.pending: list[pa.Table] = []
+        self.blocks: list[tuple[Any, Any]] = []
+
+    def add(self, table: pa.Table) -> None:
+        table = table.slice(0, max(0, self.limit - self.rows))
+        self.rows += len(table)
+        self.pending.append(table)
+        if sum(len(t) for t in self.pending) >= ROWS_PER_BLOCK:
+            self._flush(whole_blocks_only=True)
+
+    def dataset(self) -> Any:
+        """The share as a Ray Dataset (an empty share: one empty block of the right schema)."""
+        self._flush(whole_blocks_only=False)
+        return blocks_dataset(self.blocks)
+
+    def _flush(self, whole_blocks_only: bool) -> None:
+        pending = pa.concat_tables(self.pending) if self.pending else None
+        self.pending = []
+        if pending is None:
+            if not self.blocks:
+                self.blocks.append(put_block(_empty()))
+            return
+        end = len(pending) - len(pending) % ROWS_PER_BLOCK if whole_blocks_only else len(pending)
+        self.blocks += [put_block(pending.slice(s, min(ROWS_PER_BLOCK, end - s))) for s in range(0, end, ROWS_PER_BLOCK)]
+        if end < len(pending):
+            self.pending.append(pending.slice(end))
+        if not self.blocks:
+            self.blocks.append(put_block(pending.slice(0, 0)))
+
+
+def rank_dataset_name(name: str, rank: int) -> str:
+    """The name under which rank ``rank``'s share of source ``name`` reaches ``TorchTrainer``."""
+    return f"{name}.rank{rank}"
 
 
 def put_block(table: pa.Table) -> tuple[Any, Any]:
@@ -194,13 +256,19 @@ class RayShardData:
 
 
 def ray_datasets(sources: dict[str, Source], world_size: int) -> tuple[dict[str, Any], Any]:
-    """``TorchTrainer``'s ``datasets`` and ``dataset_config`` for ``sources``: every one split
-    over the ranks, in a fixed order (the same rows reach the same rank every run)."""
+    """``TorchTrainer``'s ``datasets`` and ``dataset_config`` for ``sources``: one dataset per source
+    and rank (``rank_dataset_name``), none of them split by Ray Train (every worker is handed all of
+    them and reads only its own: ``RaySession.dataset``)."""
     from ray.data import ExecutionOptions
     from ray.train import DataConfig
 
-    datasets = {name: source.ray_dataset(world_size) for name, source in sources.items()}
-    return datasets, DataConfig(datasets_to_split="all", execution_options=ExecutionOptions(preserve_order=True))
+    datasets = {}
+    for name, source in sources.items():
+        shares = source.rank_datasets(world_size)
+        if len(shares) != world_size:
+            raise ValueError(f"source {name}: {len(shares)} shares for {world_size} ranks")
+        datasets.update({rank_dataset_name(name, rank): share for rank, share in enumerate(shares)})
+    return datasets, DataConfig(datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True))
 
 
 def _empty() -> pa.Table:

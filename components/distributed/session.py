@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from components.distributed.datasets import LocalData, RankData, RayShardData, Source
+from components.distributed.datasets import LocalData, RankData, RayShardData, Source, rank_dataset_name
 
 
 class Session(Protocol):
@@ -159,4 +159,4 @@ class RaySession:
             dist.broadcast(tensor, src=0)
 
     def dataset(self, name: str) -> RankData:
-        return RayShardData(self._train.get_dataset_shard(name))
+        return RayShardData(self._train.get_dataset_shard(rank_dataset_name(name, self.rank)))

@@ -39,14 +39,15 @@ OBJECTIVE_METRIC = "sweep/objective"  # the same in the trial's MLflow run
 
 @dataclass(frozen=True)
 class SharedSource:
-    """The training split as one Ray Dataset that the sweep's driver put into the object store once:
-    every trial's ``train`` source (``runner.run_job`` splits it over the trial's workers)."""
+    """The training split's per-rank Ray Datasets, which the sweep's driver put into the object store
+    once: every trial's ``train`` source (every trial has the sweep's ``ray.num_workers`` ranks)."""
 
-    dataset: Any  # ray.data.MaterializedDataset
+    shares: list[Any]  # ray.data.MaterializedDataset per rank
 
-    def ray_dataset(self, world_size: int) -> Any:
-        del world_size  # Train's streaming_split shares it out
-        return self.dataset
+    def rank_datasets(self, world_size: int) -> list[Any]:
+        if world_size != len(self.shares):
+            raise ValueError(f"the sweep's data is split {len(self.shares)} ways, not {world_size}")
+        return self.shares
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,7 @@ def run_sweep(cfg: PipelineConfig, model: str, sweep: SweepConfig, *, data_dir: 
         runner.connect(cfg.ray)
         log = console.route_worker_output(Path(layout.LOGS) / f"{name}.log")
         spec, rows = spec_from_meta(meta), split_rows(meta, "train")
-        train = prepared(data_dir, "train").ray_dataset(cfg.ray.num_workers)  # into the object store once
+        train = prepared(data_dir, "train").rank_datasets(cfg.ray.num_workers)  # into the object store once
         setup = SweepSetup(
             name=name, model=model, section=cfg.train[model], sweep=sweep,
             ray=cfg.ray.model_copy(update={"storage_path": storage}), evaluate=cfg.evaluate, data=spec, rows=rows,
