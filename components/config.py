@@ -182,7 +182,10 @@ class TrainBase(StrictModel):
     steps: PositiveInt | None = Field(
         None, description="optimiser steps per worker in all, whatever the data's size (the last epoch may be "
         "partial); given, it decides the run's length, and epochs must be null or left out")
-    batch_size: PositiveInt = 128
+    batch_size: PositiveInt = Field(128, description="per worker: the global batch is num_workers times it")
+    num_workers: PositiveInt | None = Field(
+        None, description="this model's train job's Ray workers; null = ray.num_workers (one per GPU on a GPU "
+        "cluster). Fewer for a model whose steps are too short to gain from data parallelism (docs/benchmarks.md)")
     lr: PositiveFloat = 2e-4
     adam_betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
         (0.5, 0.999), description="Adam's (beta1, beta2); not DDPM's noise schedule (beta_start, beta_end)")
@@ -387,7 +390,7 @@ OBJECTIVES: dict[str, Literal["min", "max"]] = {
 #: the held-out scores, by the family that has them (``held_out_metrics``)
 HELD_OUT_OBJECTIVES = {"test_elbo": "vae", "test_noise_loss": "ddpm"}
 #: training keys a sweep may not vary: what the model is, and its length (``steps`` is the budget)
-UNSWEPT_KEYS = ("family", "epochs", "steps")
+UNSWEPT_KEYS = ("family", "epochs", "steps", "num_workers")
 
 
 class SweepConfig(StrictModel):
@@ -498,6 +501,10 @@ class PipelineConfig(StrictModel):
                                  f"data.image_size={self.data.image_size} allows at most {most} (each level "
                                  "halves an even size, down to 4 px or an odd size)")
         return self
+
+    def train_workers(self, name: str) -> int:
+        """How many Ray workers train model ``name``: its own ``num_workers``, else ``ray.num_workers``."""
+        return self.train[name].num_workers or self.ray.num_workers
 
     @property
     def experiment_name(self) -> str:

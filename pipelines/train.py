@@ -48,15 +48,16 @@ def main(args: argparse.Namespace, cfg: PipelineConfig) -> None:
     tracking.check_reachable(uri)  # before any work: no hour of training lost to a logging failure
     check_storage(storage_root(cfg.ray.storage_path))  # and none to unusable checkpoint storage
 
-    workers, rows = 1 if args.plain else cfg.ray.num_workers, split_rows(meta, "train")
+    workers, rows = 1 if args.plain else cfg.train_workers(name), split_rows(meta, "train")
+    ray_cfg = cfg.ray.model_copy(update={"num_workers": cfg.train_workers(name)})
     loading = resolved_loading(cfg.data.loading, spec, rows, workers)
     job_key = {"name": name, "config": mcfg.model_dump(mode="json"), "data": data_checksum(args.data),
-               "workers": cfg.ray.num_workers, "loading": loading.model_dump(mode="json")}
+               "workers": ray_cfg.num_workers, "loading": loading.model_dump(mode="json")}
     ray_name = run_name(f"train-{name}", job_key)  # the run's identity: a config change starts afresh
     run = _model_run(cfg, name, mcfg, uri, job_key["data"], ray_name)
     job = TrainJob.from_config(cfg, name, spec, rows, workers=workers, uri=uri, run_id=run.run_id)
     with run:  # the model's run: FINISHED once its folder is written (and the marker gone), else FAILED
-        result = run_job(train_job, job, cfg=cfg.ray, name=ray_name, plain=args.plain,
+        result = run_job(train_job, job, cfg=ray_cfg, name=ray_name, plain=args.plain,
                          datasets={"train": train})
         try:
             with atomic_dir(out) as tmp:
@@ -83,9 +84,10 @@ def _model_run(cfg, name, mcfg, uri, checksum, ray_name) -> tracking.ModelRun:
     from components.config import flatten
 
     tags = tracking.run_tags(family=mcfg.family, model_name=name, seed=mcfg.seed, data_checksum=checksum,
-                             workers=cfg.ray.num_workers, profile=cfg.profile, stage=f"train@{name}")
+                             workers=cfg.train_workers(name), profile=cfg.profile, stage=f"train@{name}")
+    ray_params = cfg.ray.model_copy(update={"num_workers": cfg.train_workers(name)}).model_dump(mode="json")
     params = flatten({"config": mcfg.model_dump(mode="json"), "data": cfg.data.model_dump(mode="json"),
-                      "ray": cfg.ray.model_dump(mode="json")})
+                      "ray": ray_params})
     return tracking.ModelRun.start(uri, cfg.experiment_name, name, tags, params, marker=_run_marker(cfg, ray_name))
 
 

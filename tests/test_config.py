@@ -13,6 +13,7 @@ from project import run_stage
 from components import config, models
 from components.config import (
     OVERLAY_SECTIONS,
+    UNSWEPT_KEYS,
     ConfigError,
     PipelineConfig,
     apply_overrides,
@@ -246,6 +247,24 @@ def test_inference_jobs_take_the_workers_their_work_needs(tmp_path):
     assert cfg.evaluate.num_workers == 1
     params["sample"] = {"num_workers": 2}
     assert sample_workers(load_config(write_params(tmp_path, params)), "gan") == 2
+
+
+def test_a_model_may_train_on_fewer_workers_than_the_cluster_has(tmp_path):
+    """``train.<model>.num_workers``: the default trains the MLP pair on one worker; the smoke and gpu
+    profiles put every model back on ``ray.num_workers``; a sweep may not vary it."""
+    params = minimal()
+    params["ray"] = {"num_workers": 3}
+    params["train"]["gan"]["num_workers"] = 1
+    cfg = load_config(write_params(tmp_path, params))
+    assert (cfg.train_workers("gan"), cfg.train_workers("ddpm_small")) == (1, 3)
+    params["train"]["gan"]["num_workers"] = 0
+    assert any(p.startswith("train.gan.num_workers: Input should be greater than 0") for p in problems(tmp_path, params))
+    default = load_config(ROOT / "params.yaml")
+    assert [default.train_workers(m) for m in ("gan", "cgan", "dcgan", "vae", "ddpm")] == [1, 1, 2, 2, 2]
+    for profile in ("smoke", "gpu"):
+        cfg = load_config(ROOT / "params.yaml", [f"profile={profile}"])
+        assert {cfg.train_workers(m) for m in cfg.train} == {cfg.ray.num_workers}, profile
+    assert "num_workers" in UNSWEPT_KEYS
 
 
 def test_compile_is_refused_with_the_r1_penalty(tmp_path):

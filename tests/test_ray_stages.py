@@ -51,6 +51,19 @@ def test_ddp_ranks_end_equal_and_model_folder_complete(trained):
     assert (trained / "plots" / "train" / "gan.csv").read_text().startswith("step,")
 
 
+def test_a_model_with_its_own_num_workers_trains_on_that_many(trained, ray_address):
+    """``train.gan.num_workers=1`` on a 2-worker configuration: one rank, which takes all 512 rows
+    (twice the steps of a rank of two), and the run records the workers it really had."""
+    done = run_stage(trained, "train", "--model", "gan", "--set", "train.gan.num_workers=1", "--out", "models/gan-1w",
+                     "--plot", "plots/train/gan-1w.csv", env={"RAY_ADDRESS": ray_address}, tracking="local")
+    assert "1 worker(s)" in done.stdout + done.stderr
+    workers = read_json(trained / "models" / "gan-1w" / "workers.json")
+    assert [w["rank"] for w in workers] == [0] and workers[0]["step"] == 2 * (512 // 64)
+    run_id = read_json(trained / "models" / "gan-1w" / "mlflow_run.json")["run_id"]
+    run = mlflow_client(trained).get_run(run_id)
+    assert run.data.tags["ray_workers"] == "1" and run.data.params["ray.num_workers"] == "1"
+
+
 def test_mlflow_run_holds_the_whole_story(trained):
     client = mlflow_client(trained)
     run_id = read_json(trained / "models" / "gan" / "mlflow_run.json")["run_id"]

@@ -64,7 +64,7 @@ class SweepOutcome:
 def sweep_name(cfg: PipelineConfig, model: str, sweep: SweepConfig, checksum: str) -> str:
     """The sweep's Tune experiment name: changes with anything that changes its trials."""
     key = {"model": model, "config": cfg.train[model].model_dump(mode="json"), "sweep": sweep.model_dump(mode="json"),
-           "data": checksum, "workers": cfg.ray.num_workers, "evaluate": cfg.evaluate.model_dump(mode="json")}
+           "data": checksum, "workers": cfg.train_workers(model), "evaluate": cfg.evaluate.model_dump(mode="json")}
     return runner.run_name(f"sweep-{model}", key)
 
 
@@ -73,7 +73,8 @@ def run_sweep(cfg: PipelineConfig, model: str, sweep: SweepConfig, *, data_dir: 
     """Run (or resume) the sweep of ``model`` and return its trials and best one.
 
     Args:
-        cfg: the validated pipeline config (``ray`` settings apply to each trial's job).
+        cfg: the validated pipeline config (``ray`` settings apply to each trial's job, with the
+            model's own ``num_workers`` where it has one).
         model: a section of ``cfg.train``.
         sweep: the validated sweep file.
         data_dir: the fetch stage's folder.
@@ -83,6 +84,7 @@ def run_sweep(cfg: PipelineConfig, model: str, sweep: SweepConfig, *, data_dir: 
         SweepError: too few reference images for ``num_samples``, or every trial failed (the
             parent run then ends FAILED).
     """
+    cfg = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"num_workers": cfg.train_workers(model)})})
     meta, checksum = load_meta(data_dir), data_checksum(data_dir)
     reference = np.load(Path(classifier_dir) / layout.REFERENCE_FILE)["test_features"]
     if len(reference) < sweep.num_samples:
