@@ -201,7 +201,7 @@ def test_reference_features_are_the_saved_checkpoints(trained, ray_address, work
 
 def test_the_terminal_shows_the_stage_and_its_log_file_holds_rays_detail(trained):
     """The train stage prints where it runs, rank 0's progress, its result and warnings once; Ray's
-    per-checkpoint and per-report lines, Train's controller and Ray Data's coordinator go to the log."""
+    per-checkpoint and per-report lines, Train's controller and Ray Data's progress go to the log."""
     text = (trained / "terminal-train-gan.txt").read_text()
     lines = [line for line in text.splitlines() if line.strip()]
     first = next(line for line in lines if "Ray Train job, 2 worker(s)" in line)
@@ -210,7 +210,7 @@ def test_the_terminal_shows_the_stage_and_its_log_file_holds_rays_detail(trained
     assert re.search(r"^train gan: [\d,]+ parameters, step 8, run \w+ -> models/gan$", text, re.MULTILINE)
     assert max(Counter(lines).values()) <= 2, Counter(lines).most_common(3)
     for routine in ("Checkpoint successfully created", "Reporting training result", "TrainController",
-                    "SplitCoordinator", "PlacementGroupCleaner", "INFO mlflow"):
+                    "Running Dataset", "execution finished", "PlacementGroupCleaner", "INFO mlflow"):
         assert routine not in text, routine
     assert len(lines) < 30, text
     detail = log.read_text()

@@ -259,9 +259,14 @@ def ray_datasets(sources: dict[str, Source], world_size: int) -> tuple[dict[str,
     """``TorchTrainer``'s ``datasets`` and ``dataset_config`` for ``sources``: one dataset per source
     and rank (``rank_dataset_name``), none of them split by Ray Train (every worker is handed all of
     them and reads only its own: ``RaySession.dataset``)."""
-    from ray.data import ExecutionOptions
+    from ray.data import DataContext, ExecutionOptions
     from ray.train import DataConfig
 
+    from components.distributed import console
+
+    # The ranks run these datasets themselves, under this process' DataContext (Train copies it to
+    # them): their progress bars would reach the terminal as the training worker's own lines.
+    DataContext.get_current().enable_progress_bars = console.verbose()
     datasets = {}
     for name, source in sources.items():
         shares = source.rank_datasets(world_size)
