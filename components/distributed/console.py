@@ -29,7 +29,8 @@ TRAIN_WORKER = "RayTrainWorker"
 #: lines of a training worker that are Ray's or MLflow's routine, not the job's: log file only
 ROUTINE = re.compile(
     r"(Setting up process group for|Wrapping provided model in|Checkpoint successfully created at"
-    r"|Reporting training result|\d{4}/\d\d/\d\d \d\d:\d\d:\d\d INFO )"
+    r"|Reporting training result|\d{4}/\d\d/\d\d \d\d:\d\d:\d\d INFO "
+    r"|\u2714\ufe0f?\s+Dataset \S+ execution finished)"  # Ray Data, in the rank that reads its share
 )
 #: a line from any process that reports trouble: shown whatever process wrote it
 ALARM = re.compile(r"Traceback \(most recent call last\)|\b\w*(Error|Exception|Warning)\b|\b(ERROR|WARNING|CRITICAL)\b")
