@@ -140,10 +140,9 @@ def driver_imports() -> dict[str, float]:
 def fixed_cost(repeats: int, workers: int, settings: list[str]) -> dict[str, Any]:
     """Per setting and data/no data: the median seconds of each piece of a trivial job."""
     from components.config import RayConfig
+    from components.distributed import runner
     from components.distributed.datasets import ArraySource
     from components.distributed.runner import run_job
-
-    from components.distributed import runner
 
     cfg = RayConfig(num_workers=workers, storage_path=tempfile.mkdtemp(prefix="fixed-cost-"))
     images = np.zeros((256, 1, 28, 28), dtype=np.uint8)

@@ -15,8 +15,15 @@ from servers import HEAD_IP, WORKER_IP, ray_node
 from components.config import LoadingConfig
 from components.data.dataset import DataError, load_split
 from components.distributed import datasets
-from components.distributed.datasets import (ROWS_PER_BLOCK, ArraySource, LocalData, PreparedSource, blocks_dataset,
-                                             prepared, put_block)
+from components.distributed.datasets import (
+    ROWS_PER_BLOCK,
+    ArraySource,
+    LocalData,
+    PreparedSource,
+    blocks_dataset,
+    prepared,
+    put_block,
+)
 from components.distributed.inference_jobs import merge_chunks
 from components.distributed.jobs import FeaturesJob, SampleJob, SampleSet
 from components.distributed.runner import check_small
