@@ -65,6 +65,35 @@ def test_r1_penalty_of_a_linear_discriminator() -> None:
     assert GANConfig().r1_gamma > 0 and CGANConfig().r1_gamma > 0 and DCGANConfig().r1_gamma == 0
 
 
+def test_the_sampler_draws_from_the_moving_average_of_g(data: tuple[Tensor, Tensor]) -> None:
+    """With ``ema_decay`` the GAN keeps and saves an average of G (warmed up: after step 1 it holds 10 % of
+    the initial weights) and samples from it; without, from G itself (the DCGAN's default)."""
+    images, labels = data
+    model = build("cgan", ema_decay=0.99)
+    assert tuple(model.networks()) == ("generator", "discriminator", "generator_ema")
+    assert "generator_ema" in model.state_dict()["networks"]
+    initial = {name: p.detach().clone() for name, p in model.generator.named_parameters()}
+    model.train_step(images[:BATCH], labels[:BATCH])
+    for (name, p), (ema_name, e) in zip(model.generator.named_parameters(), model.generator_ema.named_parameters(),
+                                        strict=True):
+        assert name == ema_name and not torch.equal(p, initial[name])
+        assert torch.allclose(e, initial[name].lerp(p.detach(), 0.9))  # d = min(0.99, (1 + 0) / (10 + 0))
+    for b, e in zip(model.generator.buffers(), model.generator_ema.buffers(), strict=True):
+        assert torch.equal(b, e)  # BatchNorm's running statistics are G's
+    run_steps(model, 10, images, labels, bs=BATCH)
+
+    plain = build("cgan")  # the same networks without an average
+    wanted = torch.arange(8) % 10
+    plain.generator.load_state_dict(model.generator_ema.state_dict())
+    drawn = model.sample(8, wanted, torch.Generator().manual_seed(0))
+    assert torch.equal(drawn, plain.sample(8, wanted, torch.Generator().manual_seed(0)))
+    plain.generator.load_state_dict(model.generator.state_dict())
+    assert not torch.equal(drawn, plain.sample(8, wanted, torch.Generator().manual_seed(0)))
+    assert tuple(plain.networks()) == ("generator", "discriminator") and DCGANConfig().ema_decay is None
+    with pytest.raises(ValueError, match="ema_decay"):
+        GANConfig(ema_decay=1.0)
+
+
 def test_dcgan_32x32_and_plan() -> None:
     assert feature_map_plan(28) == (2, 7)
     assert feature_map_plan(32) == (3, 4)

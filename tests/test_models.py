@@ -35,7 +35,7 @@ def test_class_attributes_and_optimisers(case: str) -> None:
     cls = model_class(family)
     assert cls.family == family and family_kind(family) == cls.kind in STEP_KEYS
     model = build(case)
-    assert tuple(model.networks()) == (*cls.network_names, *cls.shadow_names)
+    assert tuple(model.networks()) == (*cls.network_names, *model.shadow_names)
     assert set(model.optimizers) and model.num_parameters() > 0
 
 

@@ -1,7 +1,8 @@
 """Tiny models of every registered family, and the data and helpers the model tests share.
 
 ``CASES`` holds one case per family of ``components.models.FAMILIES`` plus the
-variants whose code paths differ (the VAE's MLP, the conditional DDPM).
+variants whose code paths differ (the VAE's MLP, the conditional DDPM, a GAN that samples from
+its moving average of G).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ CASES: dict[str, tuple[str, dict]] = {
     **{family: (family, {}) for family in FAMILIES},
     "vae-mlp": ("vae", {"architecture": "mlp"}),
     "ddpm-cond": ("ddpm", {"conditional": True}),
+    "cgan-ema": ("cgan", {"ema_decay": 0.9}),
 }
 
 

@@ -74,6 +74,26 @@ def build_seeded(seed: int, build: Callable[[], T]) -> T:
         return build()
 
 
+@torch.no_grad()
+def update_ema(ema: nn.Module, net: nn.Module, decay: float, step: int) -> None:
+    """ema <- ema + (1 - d)·(net - ema) for the parameters, on device, no host sync; buffers are copied.
+
+    The decay warms up as d = min(decay, (1 + step) / (10 + step)) (the rule of TensorFlow's
+    ExponentialMovingAverage with num_updates): a short CPU run of a few thousand steps would
+    otherwise keep a large share of the random initial weights in the average.
+
+    Args:
+        ema: the average, same architecture as ``net``, not trained by gradient.
+        net: the bare trained network (unwrapped from DDP/compile).
+        decay: the decay once warmed up, in [0, 1).
+        step: optimiser steps taken so far.
+    """
+    d = min(decay, (1 + step) / (10 + step))
+    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in net.parameters()], 1.0 - d)
+    for ema_buf, buf in zip(ema.buffers(), net.buffers(), strict=True):
+        ema_buf.copy_(buf)
+
+
 class TrainableModel(abc.ABC):
     """Networks + optimisers + one optimisation step.
 
@@ -92,8 +112,9 @@ class TrainableModel(abc.ABC):
 
     family: ClassVar[str]
     network_names: ClassVar[tuple[str, ...]]
-    #: networks that are not trained by gradient (EMA copies); saved, never DDP-wrapped.
-    shadow_names: ClassVar[tuple[str, ...]] = ()
+    #: networks that are not trained by gradient (EMA copies); saved, never DDP-wrapped. A family whose
+    #: config switches its copy off narrows it per instance (the GANs' ``ema_decay``).
+    shadow_names: tuple[str, ...] = ()
     #: fewer optimiser steps per worker than this and a run learns nothing worth sampling: training
     #: warns (``loop.warn_if_short``); None = no such warning
     min_useful_steps: ClassVar[int | None] = None
