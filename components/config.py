@@ -204,6 +204,8 @@ class TrainBase(StrictModel):
 
 R1_DOC = ("weight of the R1 penalty gamma/2 * E||grad_x D(x_real)||^2 in D's loss (Mescheder et al. 2018); "
           "0 = plain BCE")
+D_STEPS_DOC = ("discriminator steps per generator step, each against fresh fakes on the same real batch (a D "
+               "closer to its optimum gives G a truer gradient)")
 GAN_EMA_DOC = ("sample from an exponential moving average of G's weights with this decay (warmed up over the first "
                "steps; Karras et al. 2018, Yazici et al. 2019) instead of G's last weights; null = G itself")
 
@@ -215,6 +217,7 @@ class GANConfig(TrainBase):
     latent_dim: PositiveInt = 64
     hidden_dim: PositiveInt = 256
     r1_gamma: NonNegativeFloat = Field(10.0, description=R1_DOC)
+    d_steps: PositiveInt = Field(1, description=D_STEPS_DOC)
     ema_decay: float | None = Field(None, ge=0, lt=1, description=GAN_EMA_DOC)
 
 
@@ -226,6 +229,7 @@ class CGANConfig(TrainBase):
     hidden_dim: PositiveInt = 256
     label_embed_dim: PositiveInt = 16
     r1_gamma: NonNegativeFloat = Field(10.0, description=R1_DOC)
+    d_steps: PositiveInt = Field(1, description=D_STEPS_DOC)
     ema_decay: float | None = Field(None, ge=0, lt=1, description=GAN_EMA_DOC)
 
 
@@ -237,6 +241,7 @@ class DCGANConfig(TrainBase):
     g_channels: PositiveInt = 32
     d_channels: PositiveInt = 32
     r1_gamma: NonNegativeFloat = Field(0.0, description=R1_DOC + "; off: the convolutions keep D smooth")
+    d_steps: PositiveInt = Field(1, description=D_STEPS_DOC)
     ema_decay: float | None = Field(None, ge=0, lt=1, description=GAN_EMA_DOC + "; off: worse for the DCGAN "
                                     "(FID 150 -> 171 in a probe, docs/benchmarks.md)")
 

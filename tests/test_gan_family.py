@@ -94,6 +94,22 @@ def test_the_sampler_draws_from_the_moving_average_of_g(data: tuple[Tensor, Tens
         GANConfig(ema_decay=1.0)
 
 
+@pytest.mark.parametrize("d_steps", [1, 2])
+def test_d_steps_discriminator_steps_per_generator_step(d_steps: int, data: tuple[Tensor, Tensor]) -> None:
+    """``d_steps`` D updates, each on a fresh noise draw, then one G update: one model step."""
+    images, labels = data
+    model = build("gan", d_steps=d_steps)
+    rng_before = model.rng.get_state()
+    model.train_step(images[:BATCH], labels[:BATCH])
+    adam_steps = {name: {int(state["step"]) for state in opt.state_dict()["state"].values()}
+                  for name, opt in model.optimizers.items()}
+    assert adam_steps == {"discriminator": {d_steps}, "generator": {1}} and model.step == 1
+    replay = torch.Generator().set_state(rng_before)
+    for _ in range(d_steps):
+        torch.randn(BATCH, model.config.latent_dim, generator=replay)
+    assert torch.equal(replay.get_state(), model.rng.get_state())  # one z per D step, nothing else drawn
+
+
 def test_dcgan_32x32_and_plan() -> None:
     assert feature_map_plan(28) == (2, 7)
     assert feature_map_plan(32) == (3, 4)

@@ -160,8 +160,35 @@ class GAN(GenerativeModel):
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"generator": self.make_adam(self.generator), "discriminator": self.make_adam(self.discriminator)}
 
+    def discriminator_step(self, images: Tensor, fake: Tensor, cond: tuple[Tensor, ...], ones: Tensor,
+                           zeros: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One step of D: real -> 1, fake -> 0, as two forward passes (per-batch BN statistics in
+        DCGAN, as in pytorch/examples dcgan), plus the R1 penalty at the reals.
+
+        Args:
+            images: ``(B, C, H, W)`` reals (``requires_grad`` when ``config.r1_gamma`` > 0).
+            fake: ``(B, C, H, W)`` G's output, detached.
+            cond: ``condition(labels)``; ones, zeros: ``(B,)`` targets.
+
+        Returns:
+            ``(loss_d, logit_real, logit_fake)``: the loss and ``(B,)`` logits, before the update.
+        """
+        opt_d = self.optimizers["discriminator"]
+        opt_d.zero_grad(set_to_none=True)
+        with self.autocast():
+            logit_real = self.discriminator(images, *cond).float()  # (B,)
+            logit_fake = self.discriminator(fake, *cond).float()
+        loss_d = (F.binary_cross_entropy_with_logits(logit_real, ones)
+                  + F.binary_cross_entropy_with_logits(logit_fake, zeros))
+        if self.config.r1_gamma:
+            loss_d = loss_d + self.config.r1_gamma / 2 * r1_penalty(logit_real, images)
+        loss_d.backward()
+        self.clip(self.discriminator)
+        opt_d.step()
+        return loss_d, logit_real, logit_fake
+
     def train_step(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
-        """One discriminator step, then one generator step, on the same fake batch.
+        """``config.d_steps`` discriminator steps, each against fresh fakes, then one generator step on the last fakes.
 
         Args:
             images: ``(B, C, H, W)`` float in [-1, 1].
@@ -169,34 +196,21 @@ class GAN(GenerativeModel):
 
         Returns:
             ``loss_d``, ``loss_g`` and the mean discriminator probabilities ``d_real`` and
-            ``d_fake`` (before the discriminator update), detached 0-dim tensors.
+            ``d_fake`` (the last discriminator step's, before its update), detached 0-dim tensors.
         """
         cond = self.condition(labels)  # () or (labels,): the fakes are asked for the real batch's classes
         batch = images.shape[0]
-        z = torch.randn(batch, self.config.latent_dim, generator=self.rng, device=self.device)
         ones = torch.ones(batch, device=self.device)
         zeros = torch.zeros(batch, device=self.device)
-        with self.autocast():
-            fake = self.generator(z, *cond)  # (B, C, H, W)
-
-        # Discriminator: real -> 1, fake -> 0, as two forward passes (per-batch BN statistics in
-        # DCGAN, as in pytorch/examples dcgan). fake.detach(): no gradient into G here.
-        opt_d = self.optimizers["discriminator"]
-        opt_d.zero_grad(set_to_none=True)
-        gamma = self.config.r1_gamma
-        if gamma:
+        if self.config.r1_gamma:
             images = images.detach().requires_grad_(True)  # for the R1 penalty's gradient w.r.t. the reals
-        with self.autocast():
-            logit_real = self.discriminator(images, *cond).float()  # (B,)
-            logit_fake = self.discriminator(fake.detach(), *cond).float()
-        loss_real = F.binary_cross_entropy_with_logits(logit_real, ones)
-        loss_fake = F.binary_cross_entropy_with_logits(logit_fake, zeros)
-        loss_d = loss_real + loss_fake
-        if gamma:
-            loss_d = loss_d + gamma / 2 * r1_penalty(logit_real, images)
-        loss_d.backward()
-        self.clip(self.discriminator)
-        opt_d.step()
+        for d_step in range(self.config.d_steps):
+            z = torch.randn(batch, self.config.latent_dim, generator=self.rng, device=self.device)
+            last = d_step == self.config.d_steps - 1
+            with self.autocast(), torch.set_grad_enabled(last):  # only the last fakes train G: no graph before
+                fake = self.generator(z, *cond)  # (B, C, H, W)
+            # fake.detach(): no gradient into G in D's step
+            loss_d, logit_real, logit_fake = self.discriminator_step(images, fake.detach(), cond, ones, zeros)
 
         # Generator: non-saturating loss, fake labelled real, through the updated D.
         # D also receives gradients here; they are discarded by the next zero_grad.
