@@ -9,8 +9,7 @@ import pytest
 from project import make_project, run_stage
 
 from components.config import RayConfig
-from components.distributed import runner
-from components.distributed.runner import OWN_CPUS_ENV, ClusterUnreachable, check_cluster, own_cpus, worker_resources
+from components.distributed.runner import ClusterUnreachable, check_cluster
 
 
 def dead_address() -> str:
@@ -51,23 +50,3 @@ def test_train_stage_reports_a_dead_head_in_seconds(tmp_path: Path) -> None:
     assert run.returncode == 1, run.stdout + run.stderr
     assert run.stderr.strip().splitlines()[-1].startswith(f"error: no Ray cluster at {address} ")
     assert not (project / "models" / "gan").exists()
-
-
-def test_a_job_spreads_over_the_cpus_of_a_ray_instance_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where the stage's jobs run one at a time on a Ray instance of their own, a job with fewer workers
-    than cores gives each worker an equal share (Ray sets torch's threads from it); on a cluster or a
-    shared head, and for GPU workers, ``resources_per_worker`` as given."""
-    one = RayConfig(num_workers=1)
-    assert worker_resources(one, 2) == {"CPU": 2.0}
-    assert worker_resources(one.model_copy(update={"num_workers": 2}), 2) == {"CPU": 1.0}
-    assert worker_resources(one.model_copy(update={"num_workers": 3}), 2) == {"CPU": 1.0}  # never under the config
-    assert worker_resources(one.model_copy(update={"num_workers": 2}), 16) == {"CPU": 8.0}
-    assert worker_resources(one, None) == {"CPU": 1.0}
-    gpu = RayConfig(num_workers=1, use_gpu=True, resources_per_worker={"CPU": 4, "GPU": 1})
-    assert worker_resources(gpu, 16) == {"CPU": 4.0, "GPU": 1.0}
-
-    monkeypatch.setattr(runner, "_OWN_INSTANCE", {})
-    monkeypatch.delenv(OWN_CPUS_ENV, raising=False)
-    assert own_cpus() is None  # attached, nobody said the head is ours
-    monkeypatch.setenv(OWN_CPUS_ENV, "2")  # infra/local/with-ray's private head
-    assert own_cpus() == 2

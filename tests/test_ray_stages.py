@@ -12,7 +12,6 @@ from mlflow.tracking import MlflowClient
 from project import make_project, read_json, run_stage
 
 from components.data.dataset import load_split
-from components.distributed.runner import OWN_CPUS_ENV
 from components.training.checkpoint import model_from_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -42,7 +41,6 @@ def test_ddp_ranks_end_equal_and_model_folder_complete(trained):
     workers = read_json(folder / "workers.json")
     assert [w["rank"] for w in workers] == [0, 1]
     assert workers[0]["weights"] == workers[1]["weights"]
-    assert [w["threads"] for w in workers] == [1, 1]  # a shared head: resources_per_worker as given
     config = read_json(folder / "config.json")
     assert config["config"]["family"] == "gan" and config["data_spec"]["height"] == 28
     history = read_json(folder / "history.json")
@@ -55,15 +53,12 @@ def test_ddp_ranks_end_equal_and_model_folder_complete(trained):
 
 def test_a_model_with_its_own_num_workers_trains_on_that_many(trained, ray_address):
     """``train.gan.num_workers=1`` on a 2-worker configuration: one rank, which takes all 512 rows
-    (twice the steps of a rank of two), and the run records the workers it really had. On a head whose
-    CPUs are the stage's own (as infra/local/with-ray's), the one worker gets both CPUs, and torch both threads."""
+    (twice the steps of a rank of two), and the run records the workers it really had."""
     done = run_stage(trained, "train", "--model", "gan", "--set", "train.gan.num_workers=1", "--out", "models/gan-1w",
-                     "--plot", "plots/train/gan-1w.csv", env={"RAY_ADDRESS": ray_address, OWN_CPUS_ENV: "2"},
-                     tracking="local")
+                     "--plot", "plots/train/gan-1w.csv", env={"RAY_ADDRESS": ray_address}, tracking="local")
     assert "1 worker(s)" in done.stdout + done.stderr
     workers = read_json(trained / "models" / "gan-1w" / "workers.json")
     assert [w["rank"] for w in workers] == [0] and workers[0]["step"] == 2 * (512 // 64)
-    assert workers[0]["threads"] == 2
     run_id = read_json(trained / "models" / "gan-1w" / "mlflow_run.json")["run_id"]
     run = mlflow_client(trained).get_run(run_id)
     assert run.data.tags["ray_workers"] == "1" and run.data.params["ray.num_workers"] == "1"

@@ -129,44 +129,7 @@ def connect(cfg: RayConfig) -> float:
             ray.init(address="auto", **common)
         except ConnectionError:
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **common)
-            _OWN_INSTANCE["cpus"] = os.cpu_count() or 1
     return time.perf_counter() - start
-
-
-# Set when this process started the Ray instance it uses (no cluster to join, none running): then its
-# jobs, one at a time, are all that runs on the machine (``worker_resources``).
-_OWN_INSTANCE: dict[str, int] = {}
-#: set by infra/local/with-ray: the CPUs of a private head whose jobs run one at a time (not under
-#: ``run-queue -j N`` with N > 1, whose experiments share the head)
-OWN_CPUS_ENV = "GENMODELS_RAY_OWN_CPUS"
-
-
-def own_cpus() -> int | None:
-    """The CPUs of a Ray instance whose jobs run one at a time, all of them this process's; None otherwise."""
-    return _OWN_INSTANCE.get("cpus") or int(os.environ.get(OWN_CPUS_ENV) or 0) or None
-
-
-def worker_resources(cfg: RayConfig, cpus: int | None) -> dict[str, float]:
-    """Each worker's Ray resources for a job of ``cfg.num_workers`` workers.
-
-    On a Ray instance of ``cpus`` cores whose jobs run one at a time (``own_cpus()``: one this
-    process started, or infra/local/with-ray's private head), a CPU job's workers share out every core
-    (at least ``resources_per_worker``'s CPUs each): Ray gives a worker's torch as many threads as the
-    worker has CPUs, so a one-worker job on 2 cores trains on both (the MLP GAN's step 1.4x faster,
-    docs/benchmarks.md) instead of leaving one idle. On a cluster or a shared head (other jobs may
-    run beside this one), ``resources_per_worker`` is taken as it is.
-
-    Args:
-        cfg: the job's Ray settings (its workers, GPUs, resources per worker).
-        cpus: ``own_cpus()``: the cores of such an instance; None on a cluster or a shared head.
-
-    Returns:
-        Ray's ``resources_per_worker`` for the job.
-    """
-    resources = dict(cfg.resources_per_worker)
-    if cpus and not cfg.use_gpu and "CPU" in resources:
-        resources["CPU"] = max(resources["CPU"], float(cpus // cfg.num_workers))
-    return resources
 
 
 def run_name(prefix: str, payload: dict[str, Any]) -> str:
@@ -319,7 +282,7 @@ def run_job(body: Callable[[Job, Session], object], job: Job, *, cfg: RayConfig,
         datasets=ray_data,
         dataset_config=data_config,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker=worker_resources(cfg, own_cpus()),
+                                     resources_per_worker=dict(cfg.resources_per_worker),
                                      placement_strategy=cfg.placement_strategy),
         run_config=RunConfig(name=name, storage_path=storage,
                              # a lost node's group that cannot be placed again: retried as often, not forever

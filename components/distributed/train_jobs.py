@@ -59,12 +59,9 @@ class ReportCallback(Callback):
             if self.session.rank == 0:
                 save_checkpoint(Path(folder) / CHECKPOINT_FILE, checkpoint_payload(model, name=self.name, epoch=done))
                 (Path(folder) / HISTORY_FILE).write_text(json.dumps(self.history))
-            # every rank adds its weights digest and node: the driver checks DDP kept the ranks equal; and its
-            # torch threads, which Ray sets from the worker's CPUs (runner.worker_resources)
-            import torch
-
+            # every rank adds its weights digest and node: the driver checks DDP kept the ranks equal
             worker = {"rank": self.session.rank, "node": self.session.node, "weights": parameter_digest(model),
-                      "step": model.step, "precision": model.precision, "threads": torch.get_num_threads()}
+                      "step": model.step, "precision": model.precision}
             (Path(folder) / f"worker-{self.session.rank:03d}.json").write_text(json.dumps(worker))
             self.session.report(metrics, Path(folder))
 
