@@ -24,6 +24,7 @@ from pipelines.common import record_stage_time, stage_label
     ("RayTrainWorker", "2026/12/05 16:06:24 INFO mlflow.system_metrics.system_metrics_monitor: Started monitoring", False),
     ("RayTrainWorker", "\u2714\ufe0f  Dataset train.rank0_0359p2uhVhDV4ItRbcMfoi_0 execution finished in 0.00 seconds", False),
     ("RayTrainWorker", "\u26a0\ufe0f  Dataset train.rank0_0359p2uhVhDV4ItRbcMfoi_0 execution failed", True),
+    ("RayTrainWorker", "Progress bars disabled. To enable, set `ray.data.DataContext.get_current().enable_pro", False),
     ("TrainController", "Attempting to start training worker group of size 2 with the following resources", False),
     ("SplitCoordinator", "Starting execution of Dataset train_0. Full logs are in /tmp/ray/session/logs/ray-data", False),
     ("PlacementGroupCleaner", "Failed to query Ray Train Controller actor state. State API may be temporarily", False),

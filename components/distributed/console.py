@@ -30,7 +30,8 @@ TRAIN_WORKER = "RayTrainWorker"
 ROUTINE = re.compile(
     r"(Setting up process group for|Wrapping provided model in|Checkpoint successfully created at"
     r"|Reporting training result|\d{4}/\d\d/\d\d \d\d:\d\d:\d\d INFO "
-    r"|\u2714\ufe0f?\s+Dataset \S+ execution finished)"  # Ray Data, in the rank that reads its share
+    r"|\u2714\ufe0f?\s+Dataset \S+ execution finished"  # Ray Data, in the rank that reads its share
+    r"|Progress bars disabled\. To enable)"  # Ray Data's answer to QUIET_WORKER_ENV, once per rank
 )
 #: a line from any process that reports trouble: shown whatever process wrote it
 ALARM = re.compile(r"Traceback \(most recent call last\)|\b\w*(Error|Exception|Warning)\b|\b(ERROR|WARNING|CRITICAL)\b")
