@@ -16,7 +16,7 @@ from pipelines.common import record_stage_time, stage_label
 
 @pytest.mark.parametrize(("process", "line", "want"), [
     ("RayTrainWorker", "train gan:  50%|#####     | 16/32 [00:01<00:01, 9.1step/s, loss_d=1.2]", True),
-    ("RayTrainWorker", "gan: 32 steps per worker (2 epochs of 16), precision bf16 (asked: auto)", True),
+    ("RayTrainWorker", "gan: 32 steps per worker (2 epochs of 16), precision bf16 (auto: this CPU computes bf16 natively)", True),
     ("RayTrainWorker", "/x/train_jobs.py:121: ShortRunWarning: gan: 32 optimiser steps per worker", True),
     ("RayTrainWorker", "Checkpoint successfully created at: Checkpoint(filesystem=local, path=/tmp/x)", False),
     ("RayTrainWorker", "Reporting training result 1: TrainingReport(checkpoint=...)", False),

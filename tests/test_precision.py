@@ -17,7 +17,13 @@ from components.models import FAMILIES
 from components.training import precision
 from components.training.checkpoint import load_checkpoint
 from components.training.loop import configure_runtime, fit
-from components.training.precision import CPU_BF16_ENV, PrecisionError, cpu_has_bf16, resolve_precision
+from components.training.precision import (
+    CPU_BF16_ENV,
+    PrecisionError,
+    cpu_has_bf16,
+    precision_reason,
+    resolve_precision,
+)
 from tests.tiny_models import assert_same_state, build, flat_state
 
 
@@ -74,6 +80,32 @@ def test_the_precision_that_ran_is_recorded(monkeypatch, tmp_path, native, want)
     assert payload["precision"] == worker["precision"] == want
     params = tracking.client(uri).get_run(run_id).data.params
     assert params["runtime.precision"] == want and params["config.precision"] == "auto"
+
+
+@pytest.mark.parametrize(("requested", "used", "device", "env", "want"), [
+    ("auto", "fp32", "cpu", None, "auto: no avx512_bf16 or amx_bf16 on this CPU"),
+    ("auto", "bf16", "cpu", None, "auto: this CPU computes bf16 natively"),
+    ("auto", "fp32", "cpu", "0", f"auto, {CPU_BF16_ENV}=0"),
+    ("fp32", "fp32", "cpu", "1", "asked: fp32"),
+    ("bf16", "bf16", "cpu", None, "asked: bf16"),
+    ("auto", "fp32", "cuda", None, "auto: no native bf16 on this device"),
+])
+def test_the_reason_names_what_chose_the_precision(monkeypatch, requested, used, device, env, want):
+    if env is None:
+        monkeypatch.delenv(CPU_BF16_ENV, raising=False)
+    else:
+        monkeypatch.setenv(CPU_BF16_ENV, env)
+    assert precision_reason(requested, used, device) == want
+
+
+def test_a_run_on_a_cpu_without_bf16_says_so(monkeypatch, tmp_path, capsys):
+    """The stage's first line of a slow fp32 run tells the reader that the CPU chose fp32, not the config."""
+    monkeypatch.delenv(CPU_BF16_ENV, raising=False)
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
+    monkeypatch.setattr(precision, "CPUINFO", cpuinfo)
+    train_job(vae_job(), local_session(tmp_path / "ckpt"))
+    assert "precision fp32 (auto: no avx512_bf16 or amx_bf16 on this CPU)" in capsys.readouterr().out
 
 
 def bf16_fit(family: str) -> torch.nn.Module:

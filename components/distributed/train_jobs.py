@@ -29,6 +29,7 @@ from components.training.checkpoint import (
     save_checkpoint,
 )
 from components.training.loop import Callback, EpochStats, RunLength, configure_runtime, fit, run_length, warn_if_short
+from components.training.precision import precision_reason
 
 HISTORY_FILE = "history.json"
 FAULT_STEP_ENV = "GENMODELS_FAULT_AT_STEP"  # test-only: raise once at this step
@@ -130,7 +131,7 @@ def _train(job: TrainJob, session: Session) -> tuple[TrainableModel, RunLength]:
     length = run_length(cfg.epochs, cfg.steps, len(loader))  # per rank, so every rank stops at the same step
     if session.rank == 0:
         print(f"{job.name}: {length.steps} steps per worker ({length.epochs} epochs of {len(loader)}), "
-              f"precision {model.precision} (asked: {cfg.precision})", flush=True)
+              f"precision {model.precision} ({precision_reason(cfg.precision, model.precision, session.device)})", flush=True)
         warn_if_short(model, length)
     callbacks: list[Callback] = [HistoryCallback(history, session.world_size)]
     if (fault := FaultInjection.from_env()) is not None:
