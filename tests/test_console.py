@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,3 +98,37 @@ def test_stage_times_are_appended_and_read_back_since_a_moment(tmp_path: Path) -
     assert lines[2].split() == ["train@gan", "61.2", "s", "FAILED"]
     assert json.loads(path.read_text().splitlines()[0]) == {"stage": "fetch", "started": 100.0, "seconds": 1.5, "ok": True}
     assert format_times([], None) == ["stages: none ran (everything was up to date)"]
+
+
+#: A stage's last lines: an atexit handler, unflushed output, a module-level object whose ``__del__``
+#: runs only in the interpreter's teardown, and (``thread``) a non-daemon thread still working.
+EXIT_SCRIPT = """
+import atexit, sys, threading, time
+from pathlib import Path
+from pipelines.common import exit_without_teardown
+out = Path(sys.argv[1])
+class FreedInTeardown:
+    def __del__(self):
+        (out / "teardown").write_text("ran")
+kept = FreedInTeardown()
+atexit.register(lambda: (out / "atexit").write_text("ran"))
+sys.stdout.write("no newline, not flushed")
+if sys.argv[2] == "thread":
+    threading.Thread(target=lambda: (time.sleep(0.3), (out / "thread").write_text("done"))).start()
+exit_without_teardown(3)
+"""
+
+
+@pytest.mark.parametrize("case", ["alone", "thread"])
+def test_a_stage_exits_with_every_atexit_handler_and_its_output_but_no_teardown(tmp_path: Path, case: str) -> None:
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, str(tmp_path), case], cwd=root, capture_output=True, check=False,
+                          text=True, timeout=60, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == "no newline, not flushed"
+    assert (tmp_path / "atexit").read_text() == "ran"
+    written = sorted(p.name for p in tmp_path.iterdir())
+    if case == "alone":  # the interpreter's teardown is skipped: no module object is freed one by one
+        assert written == ["atexit"], written
+    else:  # a non-daemon thread is waited for, as a normal exit does (then the normal teardown runs)
+        assert written == ["atexit", "teardown", "thread"], written
